@@ -1,0 +1,271 @@
+"""YAML → a validated, resolved ``Config``; ``--set`` overrides; errors that name the key.
+
+Validation happens section by section so that every complaint reads like
+``pipeline[1].sigma: must be > 0 (got -2)``: the place, what is wrong, what is allowed.
+Relative paths are resolved against the config file's folder, as in SPEC §2.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+
+from convpipe import filters
+from convpipe.errors import ConfigError
+from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, per_axis
+
+SPATIAL_AXES = "zyx"
+AXIS_LETTERS = "tczyx"
+
+#: Output dtypes allowed besides ``input`` (the input's own dtype).
+OUTPUT_DTYPES = (
+    "float32",
+    "float64",
+    "float16",
+    "uint8",
+    "uint16",
+    "uint32",
+    "int8",
+    "int16",
+    "int32",
+)
+
+
+def _axes(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or any(letter not in AXIS_LETTERS for letter in value):
+        raise fail(f"must be letters from {AXIS_LETTERS}, one per dimension, like yx or czyx (got {value!r})")
+    if len(set(value)) != len(value):
+        raise fail(f"must not repeat a letter (got {value!r})")
+    if not any(letter in SPATIAL_AXES for letter in value):
+        raise fail(f"needs at least one spatial axis (z, y or x) (got {value!r})")
+    return value
+
+
+def _dtype(value: Any) -> str:
+    if value != "input" and value not in OUTPUT_DTYPES:
+        raise fail(f"must be input or one of {', '.join(OUTPUT_DTYPES)} (got {value!r})")
+    return str(value)
+
+
+def _chunks(value: Any) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise fail(f"must be a list with one block length per dimension (got {value!r})")
+    return tuple(per_axis(integer(1), "an integer >= 1")(list(value)))
+
+
+class InputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Text = Field(description="the TIFF or Zarr to read (relative to the config file)")
+    array: OptionalText = Field(None, description="the array inside a Zarr group")
+    series: Annotated[int, PlainValidator(integer(0))] = Field(0, description="TIFF series")
+    level: Annotated[int, PlainValidator(integer(0))] = Field(0, description="TIFF pyramid level")
+    axes: Annotated[str | None, PlainValidator(_axes)] = Field(None, description="letters from tczyx")
+    chunks: Annotated[tuple[int, ...] | None, PlainValidator(_chunks), as_plain] = Field(
+        None, description="processing block shape, in input pixels"
+    )
+
+
+class OutputConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Text = Field(description="the Zarr to write (relative to the config file)")
+    dtype: Annotated[str, PlainValidator(_dtype)] = Field("float32", description="output dtype or `input`")
+    overwrite: Boolean = Field(False, description="replace an existing output")
+
+
+class Config(BaseModel):
+    """A whole, validated config: what to read, what to run, where to write."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input: InputConfig
+    output: OutputConfig
+    pipeline: tuple[filters.Step, ...]
+    source: str | None = Field(None, description="the config file this came from")
+
+    def resolved(self) -> dict[str, Any]:
+        """The config as plain data, every default filled in: recorded in the output."""
+        return {
+            "input": self.input.model_dump(mode="json"),
+            "output": self.output.model_dump(mode="json"),
+            "pipeline": [step.model_dump(mode="json") for step in self.pipeline],
+        }
+
+
+SECTIONS: dict[str, type[BaseModel]] = {"input": InputConfig, "output": OutputConfig}
+
+
+def _place(prefix: str, loc: tuple[Any, ...]) -> str:
+    place = prefix
+    for part in loc:
+        place += f"[{part}]" if isinstance(part, int) else (f".{part}" if place else str(part))
+    return place
+
+
+def _explain(error: ValidationError, prefix: str, model: type[BaseModel]) -> ConfigError:
+    """One line for the first problem (and a count of the others)."""
+    problems = error.errors()
+    first = problems[0]
+    place = _place(prefix, tuple(first["loc"]))
+    kind = first["type"]
+    if kind == "missing":
+        message = "is required"
+    elif kind == "extra_forbidden":
+        key = str(first["loc"][-1])
+        allowed = list(model.model_fields)
+        close = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        message = f"unknown key ({hint}allowed: {', '.join(allowed)})"
+    elif kind in ("model_type", "model_attributes_type", "dict_type"):
+        message = f"must be a mapping of keys (got {first['input']!r})"
+    else:
+        message = first["msg"]
+    more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
+    return ConfigError(f"{place}: {message}{more}")
+
+
+def _validate(model: type[BaseModel], data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: must be a mapping of keys (got {data!r})")
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        raise _explain(error, prefix, model) from None
+
+
+def validate_step(data: Any, index: int) -> filters.Step:
+    """Check one pipeline entry against its filter's keys."""
+    place = f"pipeline[{index}]"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{place}: must be a mapping with a filter key (got {data!r})")
+    name = data.get("filter")
+    if name is None:
+        raise ConfigError(f"{place}.filter: is required (one of: {', '.join(filters.FILTERS)})")
+    entry = filters.lookup(name) if isinstance(name, str) else None
+    if entry is None:
+        names = [*filters.FILTERS, *filters.ALIASES]
+        close = difflib.get_close_matches(str(name), names, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        raise ConfigError(f"{place}.filter: unknown filter {name!r} ({hint}known: {', '.join(filters.FILTERS)})")
+    step: filters.Step = _validate(entry.params, data, place)
+    return step
+
+
+def from_dict(data: Any, base_dir: Path | str = ".", source: str | None = None) -> Config:
+    """Validate a config given as plain data, resolving relative paths against ``base_dir``."""
+    where = source or "config"
+    if data is None:
+        raise ConfigError(f"{where}: the config is empty; it needs input, output and pipeline")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: must be a mapping with input, output and pipeline (got {type(data).__name__})")
+    for key in data:
+        if key not in ("input", "output", "pipeline"):
+            close = difflib.get_close_matches(str(key), ["input", "output", "pipeline"], n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise ConfigError(f"{key}: unknown section ({hint}allowed: input, output, pipeline)")
+    for key in ("input", "output", "pipeline"):
+        if key not in data:
+            raise ConfigError(f"{key}: is required")
+    sections = {name: _validate(model, data[name], name) for name, model in SECTIONS.items()}
+    pipeline = data["pipeline"]
+    if not isinstance(pipeline, list) or not pipeline:
+        raise ConfigError(f"pipeline: must be a non-empty list of steps (got {pipeline!r})")
+    steps = [validate_step(step, index) for index, step in enumerate(pipeline)]
+    base = Path(base_dir)
+    steps = [
+        step.model_copy(update={"kernel_file": str(base / step.kernel_file)})
+        if isinstance(step, filters.Convolve) and step.kernel_file is not None
+        else step
+        for step in steps
+    ]
+    input_config = sections["input"].model_copy(update={"path": _absolute(base, sections["input"].path)})
+    output_config = sections["output"].model_copy(update={"path": _absolute(base, sections["output"].path)})
+    return Config(input=input_config, output=output_config, pipeline=tuple(steps), source=source)
+
+
+def _absolute(base: Path, path: str) -> str:
+    return str((base / Path(path).expanduser()).absolute())
+
+
+_KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``--set key.path=value``; the value is read as YAML (``3`` is a number)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment}: expected KEY=VALUE, like pipeline[0].sigma=3")
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError:
+        value = raw
+    parts: list[str | int] = []
+    for token in key.split("."):
+        match = _KEY.fullmatch(token)
+        if match is None:
+            raise ConfigError(f"--set {assignment}: {token!r} is not a key like name or name[2]")
+        parts.append(match.group(1))
+        parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
+    node: Any = data
+    for depth, part in enumerate(parts[:-1]):
+        child = node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None
+        if isinstance(node, dict) and isinstance(part, str):
+            child = node.setdefault(part, [] if isinstance(parts[depth + 1], int) else {})
+        if child is None:
+            raise ConfigError(f"--set {assignment}: {_place('', tuple(parts[: depth + 1]))} does not exist")
+        node = child
+    last = parts[-1]
+    if (isinstance(node, dict) and isinstance(last, str)) or (
+        isinstance(node, list) and isinstance(last, int) and last < len(node)
+    ):
+        node[last] = value
+    else:
+        raise ConfigError(f"--set {assignment}: {_place('', tuple(parts))} does not exist")
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse the file; a syntax error names the line and column."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot read the config ({error})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ConfigError(f"{path}: invalid YAML: {where}{problem}") from None
+
+
+def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Config:
+    """Read, override and validate a config file."""
+    path = Path(path)
+    data = read_yaml(path)
+    if overrides:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a mapping with input, output and pipeline")
+        for assignment in overrides:
+            apply_override(data, assignment)
+    return from_dict(data, base_dir=path.parent, source=str(path))
+
+
+def output_dtype(config: Config, input_dtype: np.dtype) -> np.dtype:
+    """The dtype written: as asked, or the input's own for ``dtype: input``."""
+    return np.dtype(input_dtype if config.output.dtype == "input" else config.output.dtype)
+
+
+__all__ = ["Config", "ConfigError", "apply_override", "from_dict", "load"]

@@ -1,0 +1,245 @@
+"""What one step does to its padded window: valid, strided window operations on numpy arrays.
+
+Every operation receives the step's input already padded (gathered by the engine from the
+block and its halo) and returns only the valid outputs, sampled with the step's stride:
+output ``m`` reads the window that starts at ``m * stride``. Operations work on all the data's
+axes; non-spatial axes (t, c) have kernel size 1, so every plane is filtered on its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import scipy.ndimage as ndi
+
+from convpipe import kernels
+
+Stride = tuple[int, ...]
+
+
+def _valid(filtered: np.ndarray, size: Sequence[int], stride: Stride) -> np.ndarray:
+    """Keep the outputs whose window lies inside the array, one every ``stride`` samples.
+
+    scipy.ndimage centres a window of size F at F // 2, so the window starting at ``m`` is
+    scipy's output ``m + F // 2``.
+    """
+    index = tuple(slice(f // 2, f // 2 + n - f + 1, s) for f, n, s in zip(size, filtered.shape, stride, strict=True))
+    return filtered[index]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One term of a linear kernel: ``weight`` times a separable or a dense kernel."""
+
+    weight: float
+    factors: tuple[np.ndarray, ...] | None = None
+    dense: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        if self.factors is not None:
+            return tuple(len(f) for f in self.factors)
+        assert self.dense is not None
+        return self.dense.shape
+
+    def kernel(self) -> np.ndarray:
+        base = kernels.outer(list(self.factors)) if self.factors is not None else self.dense
+        assert base is not None
+        return self.weight * base
+
+    def flipped(self) -> Part:
+        if self.factors is not None:
+            return Part(self.weight, factors=tuple(f[::-1].copy() for f in self.factors))
+        assert self.dense is not None
+        return Part(self.weight, dense=np.flip(self.dense).copy())
+
+    def expanded(self, ndim: int, spatial: Sequence[int]) -> Part:
+        """The same part over ``ndim`` data axes, its axes placed at ``spatial``."""
+        if self.factors is not None:
+            factors = [np.ones(1)] * ndim
+            for factor, axis in zip(self.factors, spatial, strict=True):
+                factors[axis] = factor
+            return Part(self.weight, factors=tuple(factors))
+        assert self.dense is not None
+        shape = [1] * ndim
+        for length, axis in zip(self.dense.shape, spatial, strict=True):
+            shape[axis] = length
+        return Part(self.weight, dense=self.dense.reshape(shape))
+
+    def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
+        if self.dense is not None:
+            out = _valid(ndi.correlate(window, self.dense, mode="constant"), self.dense.shape, stride)
+        else:
+            assert self.factors is not None
+            out = window
+            for axis, (factor, step) in enumerate(zip(self.factors, stride, strict=True)):
+                if len(factor) == 1 and factor[0] == 1.0:
+                    if step > 1:
+                        out = out[(slice(None),) * axis + (slice(None, None, step),)]
+                    continue
+                filtered = ndi.correlate1d(out, factor, axis=axis, mode="constant")
+                sizes = [1] * window.ndim
+                sizes[axis] = len(factor)
+                steps = [1] * window.ndim
+                steps[axis] = step
+                out = _valid(filtered, sizes, tuple(steps))
+        if self.weight != 1.0:
+            out = out * np.asarray(self.weight, dtype=window.dtype)
+        return out
+
+
+@dataclass(frozen=True)
+class Linear:
+    """A sum of parts, each centred in the size of the largest: one effective kernel."""
+
+    parts: tuple[Part, ...]
+    kind: Literal["linear"] = field(default="linear", init=False)
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        return tuple(max(sizes) for sizes in zip(*(p.shape for p in self.parts), strict=True))
+
+    def kernel(self) -> np.ndarray:
+        """The effective kernel, for plans and for the whole-image reference."""
+        return sum(
+            (kernels.embed_centred(p.kernel(), self.size) for p in self.parts),
+            start=np.zeros(self.size),
+        )
+
+    def flipped(self) -> Linear:
+        return Linear(tuple(p.flipped() for p in self.parts))
+
+    def expanded(self, ndim: int, spatial: Sequence[int]) -> Linear:
+        return Linear(tuple(p.expanded(ndim, spatial) for p in self.parts))
+
+    def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
+        size = self.size
+        total: np.ndarray | None = None
+        for part in self.parts:
+            # A smaller part sits centred in the effective kernel: crop the window to match.
+            crop = tuple(
+                slice((f - p) // 2, n - (f - p) // 2) for f, p, n in zip(size, part.shape, window.shape, strict=True)
+            )
+            term = part.apply(window[crop], stride)
+            if total is None:
+                # The identity part returns a view of the window: copy before accumulating.
+                total = term.copy() if np.may_share_memory(term, window) else term
+            else:
+                total += term
+        assert total is not None
+        return total
+
+
+@dataclass(frozen=True)
+class Gradient:
+    """Derivatives along spatial axes; their root sum of squares, or one of them alone."""
+
+    components: tuple[Linear, ...]
+    magnitude: bool
+    kind: Literal["gradient"] = field(default="gradient", init=False)
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        return self.components[0].size
+
+    def flipped(self) -> Gradient:
+        return Gradient(tuple(c.flipped() for c in self.components), self.magnitude)
+
+    def expanded(self, ndim: int, spatial: Sequence[int]) -> Gradient:
+        return Gradient(tuple(c.expanded(ndim, spatial) for c in self.components), self.magnitude)
+
+    def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
+        if not self.magnitude:
+            return self.components[0].apply(window, stride)
+        total: np.ndarray | None = None
+        for component in self.components:
+            derivative = component.apply(window, stride)
+            np.square(derivative, out=derivative)
+            total = derivative if total is None else np.add(total, derivative, out=total)
+        assert total is not None
+        return np.sqrt(total, out=total)
+
+
+_RANK_FILTERS = {
+    "median": ndi.median_filter,
+    "minimum": ndi.minimum_filter,
+    "maximum": ndi.maximum_filter,
+}
+
+
+@dataclass(frozen=True)
+class Rank:
+    """Order statistics of a box window; the median is rank n // 2, as in scipy."""
+
+    statistic: Literal["median", "minimum", "maximum"]
+    size: tuple[int, ...]
+    kind: Literal["rank"] = field(default="rank", init=False)
+
+    def flipped(self) -> Rank:
+        return self  # a box window is its own mirror image
+
+    def expanded(self, ndim: int, spatial: Sequence[int]) -> Rank:
+        size = [1] * ndim
+        for length, axis in zip(self.size, spatial, strict=True):
+            size[axis] = length
+        return Rank(self.statistic, tuple(size))
+
+    def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
+        filtered = _RANK_FILTERS[self.statistic](window, size=self.size, mode="constant")
+        return _valid(filtered, self.size, stride)
+
+
+@dataclass(frozen=True)
+class Pointwise:
+    """A per-pixel function; ``rescale`` also needs the global range of its input."""
+
+    function: Literal["threshold", "abs", "clip", "rescale"]
+    params: tuple[tuple[str, float | None], ...] = ()
+    ndim: int = 0
+    kind: Literal["pointwise"] = field(default="pointwise", init=False)
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        return (1,) * self.ndim
+
+    @property
+    def needs_range(self) -> bool:
+        return self.function == "rescale"
+
+    def flipped(self) -> Pointwise:
+        return self
+
+    def expanded(self, ndim: int, spatial: Sequence[int]) -> Pointwise:
+        return Pointwise(self.function, self.params, ndim)
+
+    def apply(self, window: np.ndarray, stride: Stride, value_range: tuple[float, float] | None = None) -> np.ndarray:
+        x = window[tuple(slice(None, None, s) for s in stride)]
+        p = dict(self.params)
+        dtype = window.dtype
+        if self.function == "abs":
+            return np.abs(x)
+        if self.function == "threshold":
+            return np.where(x > p["value"], dtype.type(p["above"]), dtype.type(p["below"])).astype(dtype)
+        if self.function == "clip":
+            return np.clip(x, p["min"], p["max"]).astype(dtype, copy=False)
+        assert value_range is not None, "rescale needs the global range of its input"
+        low, high = value_range
+        out_low, out_high = p["min"], p["max"]
+        assert out_low is not None and out_high is not None
+        if not high > low:  # a flat image (or all NaN) maps to the bottom of the range
+            return np.where(np.isnan(x), x, dtype.type(out_low)).astype(dtype, copy=False)
+        scale = (out_high - out_low) / (high - low)
+        return ((x - dtype.type(low)) * dtype.type(scale) + dtype.type(out_low)).astype(dtype, copy=False)
+
+
+Op = Linear | Gradient | Rank | Pointwise
+
+
+def apply_op(op: Op, window: np.ndarray, stride: Stride, value_range: tuple[float, float] | None) -> np.ndarray:
+    """Run any operation; only pointwise ``rescale`` takes the global range."""
+    if isinstance(op, Pointwise):
+        return op.apply(window, stride, value_range)
+    return op.apply(window, stride)

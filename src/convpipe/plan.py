@@ -1,0 +1,212 @@
+"""A config bound to an input's shape: every step's geometry, the block layout, a memory estimate.
+
+Pure arithmetic: it takes the input's shape, dtype and storage chunks and never reads a pixel,
+so ``convpipe plan`` and ``validate`` are instant and every number here is unit-testable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from convpipe import filters
+from convpipe.config import SPATIAL_AXES, Config, output_dtype
+from convpipe.errors import ConfigError, ParamError
+from convpipe.geometry import AxisStep, chain_halo, pad_widths
+from convpipe.ops import Op
+
+#: Default processing block: storage chunks grown until a float32 block is about this big.
+TARGET_BLOCK_BYTES = 32 * 2**20
+
+#: Per step, the engine holds the padded window and its result plus about two temporaries.
+ARRAYS_PER_STEP = 4
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """One step bound to the data: its operation over every data axis and its geometry."""
+
+    index: int
+    config: filters.Step
+    op: Op
+    axes: tuple[AxisStep, ...]
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        return tuple(a.n_out for a in self.axes)
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(a.n_in for a in self.axes)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything the engine and the store need to know, decided before any pixel is read."""
+
+    axes: str
+    input_shape: tuple[int, ...]
+    input_dtype: np.dtype
+    input_chunks: tuple[int, ...]
+    steps: tuple[StepPlan, ...]
+    compute_dtype: np.dtype
+    output_dtype: np.dtype
+    input_block: tuple[int, ...]
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.steps[-1].out_shape
+
+    @property
+    def block_shape(self) -> tuple[int, ...]:
+        """The output block: the input block divided by the chain's strides."""
+        return self.block_shape_after(len(self.steps))
+
+    def block_shape_after(self, upto: int) -> tuple[int, ...]:
+        """The block over the output of the first ``upto`` steps."""
+        steps = self.steps[:upto]
+        shape = steps[-1].out_shape if steps else self.input_shape
+        return tuple(
+            max(1, min(block // math.prod(s.axes[d].stride for s in steps), n))
+            for d, (block, n) in enumerate(zip(self.input_block, shape, strict=True))
+        )
+
+    @property
+    def spatial(self) -> tuple[int, ...]:
+        return tuple(i for i, letter in enumerate(self.axes) if letter in SPATIAL_AXES)
+
+    @property
+    def chunks(self) -> tuple[tuple[int, ...], ...]:
+        """The output block layout, in Dask's chunks form."""
+        return self.layout(len(self.steps))
+
+    def layout(self, upto: int) -> tuple[tuple[int, ...], ...]:
+        """Blocks over the output of the first ``upto`` steps (0: the input), in chunks form."""
+        shape = self.steps[upto - 1].out_shape if upto else self.input_shape
+        block = self.block_shape_after(upto)
+        return tuple(tuple(min(b, n - s) for s in range(0, n, b)) for n, b in zip(shape, block, strict=True))
+
+    @property
+    def num_blocks(self) -> int:
+        return math.prod(len(c) for c in self.chunks)
+
+    @property
+    def range_passes(self) -> int:
+        """Extra passes over the image: one per step that needs its input's global range."""
+        return sum(1 for s in self.steps if getattr(s.op, "needs_range", False))
+
+    @property
+    def task_count(self) -> int:
+        """Tasks in the graph: one per block per pass, plus one reduction per extra pass."""
+        return self.num_blocks * (1 + self.range_passes) + self.range_passes
+
+    def halo(self, upto: int) -> tuple[tuple[int, int], ...]:
+        """Input samples, before and after, that a block reads beyond its own span, per axis."""
+        return tuple(chain_halo([s.axes[d] for s in self.steps[: upto + 1]])[1:] for d in range(len(self.axes)))
+
+    def block_extents(self) -> list[tuple[int, ...]]:
+        """Per step, the largest input window one block reads (index 0 is the input itself)."""
+        lengths = list(self.block_shape)
+        extents = []
+        for step in reversed(self.steps):
+            lengths = [(n - 1) * a.stride + a.size for n, a in zip(lengths, step.axes, strict=True)]
+            extents.append(tuple(lengths))
+        return extents[::-1]
+
+    def memory_per_block(self) -> int:
+        """Bytes one block in flight holds at its peak (an estimate; see README)."""
+        extents = self.block_extents()
+        itemsize = self.compute_dtype.itemsize
+        read = math.prod(extents[0]) * (self.input_dtype.itemsize + itemsize)
+        work = max(math.prod(e) for e in extents) * itemsize * ARRAYS_PER_STEP
+        written = math.prod(self.block_shape) * (itemsize + self.output_dtype.itemsize)
+        return read + work + written
+
+    def memory_estimate(self, workers: int) -> int:
+        """Peak bytes for ``workers`` blocks computed at once."""
+        return workers * self.memory_per_block()
+
+
+def default_axes(ndim: int) -> str:
+    if ndim == 2:
+        return "yx"
+    if ndim == 3:
+        return "zyx"
+    raise ConfigError(f"input.axes: the input has {ndim} dimensions; say which axis is which, e.g. axes: czyx")
+
+
+def default_block(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
+    """Storage chunks, grown by whole multiples along spatial axes toward the target size."""
+    block = [min(c, n) for c, n in zip(storage, shape, strict=True)]
+    target = TARGET_BLOCK_BYTES // 4
+    while math.prod(block) * 2 <= target:
+        growable = [d for d in spatial if block[d] < shape[d]]
+        if not growable:
+            break
+        axis = min(growable, key=lambda d: block[d])
+        block[axis] = min(block[axis] * 2, shape[axis])
+    return tuple(block)
+
+
+def bind(config: Config, shape: tuple[int, ...], dtype: np.dtype, storage_chunks: tuple[int, ...]) -> Plan:
+    """Bind a config to an input of this shape: reject what cannot work, before any reading."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf" or dtype.kind == "b":
+        raise ConfigError(
+            f"input: dtype {dtype} is not supported "
+            "(use integer or floating-point images: uint8, uint16, int16, float32, ...)"
+        )
+    axes = config.input.axes or default_axes(len(shape))
+    if len(axes) != len(shape):
+        raise ConfigError(f"input.axes: {axes!r} names {len(axes)} axes but the input has {len(shape)} (shape {shape})")
+    spatial = tuple(i for i, letter in enumerate(axes) if letter in SPATIAL_AXES)
+    spatial_letters = "".join(axes[i] for i in spatial)
+    steps: list[StepPlan] = []
+    current = tuple(shape)
+    for index, step in enumerate(config.pipeline):
+        place = f"pipeline[{index}]"
+        try:
+            op = filters.build_op(step, spatial_letters).expanded(len(shape), spatial)
+            pads = filters.per_axis_values(step.pad, len(spatial), "pad")
+            strides = filters.per_axis_values(step.stride, len(spatial), "stride")
+        except ParamError as error:
+            raise ConfigError(f"{place}.{error.key}: {error.message}") from None
+        geometry = []
+        for axis, (n, size) in enumerate(zip(current, op.size, strict=True)):
+            if axis in spatial:
+                k = spatial.index(axis)
+                before, after = pad_widths(pads[k], size)
+                geometry.append(AxisStep(size, before, after, strides[k], n))
+            else:
+                geometry.append(AxisStep(1, 0, 0, 1, n))
+        for axis, g in enumerate(geometry):
+            if g.n_out < 1:
+                raise ConfigError(
+                    f"{place}: the output would be empty along axis {axes[axis]} "
+                    f"(F={g.size}, P_before={g.pad_before}, P_after={g.pad_after}, S={g.stride}): "
+                    f"N_out = {g.formula()}"
+                )
+        steps.append(StepPlan(index, step, op, tuple(geometry)))
+        current = steps[-1].out_shape
+    compute = np.dtype(np.float64) if np.float64 in (dtype, output_dtype(config, dtype)) else np.dtype(np.float32)
+    out_dtype = output_dtype(config, dtype)
+    if config.input.chunks is not None:
+        if len(config.input.chunks) != len(shape):
+            raise ConfigError(
+                f"input.chunks: needs one block length per dimension ({len(shape)}), got {len(config.input.chunks)}"
+            )
+        input_block = tuple(min(c, n) for c, n in zip(config.input.chunks, shape, strict=True))
+    else:
+        input_block = default_block(tuple(shape), tuple(storage_chunks), spatial)
+    return Plan(
+        axes=axes,
+        input_shape=tuple(shape),
+        input_dtype=dtype,
+        input_chunks=tuple(storage_chunks),
+        steps=tuple(steps),
+        compute_dtype=compute,
+        output_dtype=out_dtype,
+        input_block=input_block,
+    )
