@@ -1,0 +1,174 @@
+"""The ``convpipe`` command: parses arguments, calls the API, turns errors into one line.
+
+Exit status (SPEC §4): 0 success, 2 bad usage or config, 1 a failure while running,
+130 interrupted. ``--debug`` shows the traceback instead of the one-line message.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from convpipe import config as config_module
+from convpipe import report
+from convpipe._version import __version__
+from convpipe.errors import ConvpipeError
+from convpipe.io import outputs
+from convpipe.run import make_plan, run
+
+config_argument = click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+set_option = click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. --set pipeline[0].sigma=3 (repeatable).",
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="convpipe")
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+def cli(debug: bool) -> None:
+    """Run chains of convolution filters over images larger than memory.
+
+    \b
+    Example:
+      convpipe validate configs/edges.yaml
+      convpipe plan configs/edges.yaml
+      convpipe run configs/edges.yaml --set pipeline[0].sigma=3
+    """
+
+
+@cli.command("run")
+@config_argument
+@set_option
+@click.option(
+    "--scheduler",
+    default="threads",
+    show_default=True,
+    help="threads, processes, sync, or a dask.distributed scheduler address (tcp://host:8786).",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Threads or processes to use (default: all cores).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--dry-run", is_flag=True, help="Check and plan, print the plan, write nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+def run_command(
+    config_path: Path,
+    overrides: tuple[str, ...],
+    scheduler: str,
+    workers: int | None,
+    overwrite: bool,
+    dry_run: bool,
+    quiet: bool,
+) -> None:
+    """$ convpipe run CONFIG: compute the chain and write the output, block by block.
+
+    \b
+    Example:
+      convpipe run configs/edges.yaml --overwrite --set output.dtype=uint16
+    """
+    config = config_module.load(config_path, overrides)
+    if dry_run:
+        outputs.check_paths(config.input.path, config.output.path, overwrite or config.output.overwrite)
+        click.echo(report.describe_plan(make_plan(config), workers))
+        return
+    progress = not quiet and sys.stderr.isatty()
+    result = run(
+        config,
+        scheduler_name=scheduler,
+        workers=workers,
+        overwrite=overwrite or None,
+        progress=progress,
+    )
+    if not quiet:
+        plan = result.plan
+        click.echo(
+            f"wrote {result.output}: {plan.output_shape} {plan.output_dtype}, "
+            f"{result.blocks} blocks in {result.seconds:.1f} s",
+            err=True,
+        )
+
+
+@cli.command("validate")
+@config_argument
+@set_option
+def validate_command(config_path: Path, overrides: tuple[str, ...]) -> None:
+    """$ convpipe validate CONFIG: check the config and the input's shape; read no pixels.
+
+    \b
+    Example:
+      convpipe validate configs/edges.yaml && echo ok
+    """
+    config = config_module.load(config_path, overrides)
+    plan = make_plan(config)
+    click.echo(
+        f"ok: {config_path}: input {plan.input_shape} {plan.input_dtype} -> "
+        f"output {plan.output_shape} {plan.output_dtype}, {len(plan.steps)} steps, {plan.num_blocks} blocks"
+    )
+
+
+@cli.command("plan")
+@config_argument
+@set_option
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    help="Workers to estimate memory for (default: all cores).",
+)
+def plan_command(config_path: Path, overrides: tuple[str, ...], workers: int | None) -> None:
+    """$ convpipe plan CONFIG: steps, pads, halos, shapes, blocks and memory; reads no pixels.
+
+    \b
+    Example:
+      convpipe plan configs/edges.yaml --set input.chunks=[1024,1024]
+    """
+    config = config_module.load(config_path, overrides)
+    click.echo(report.describe_plan(make_plan(config), workers))
+
+
+@cli.command("filters")
+def filters_command() -> None:
+    """$ convpipe filters: every filter and its keys.
+
+    \b
+    Example:
+      convpipe filters | grep -A3 gaussian
+    """
+    click.echo(report.describe_filters())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: one readable line per error, and the documented exit status."""
+    args = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in args
+    try:
+        cli.main(args=args, prog_name="convpipe", standalone_mode=False)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except (click.Abort, KeyboardInterrupt):
+        click.echo("convpipe: interrupted", err=True)
+        sys.exit(130)
+    except ConvpipeError as error:
+        if debug:
+            raise
+        click.echo(f"convpipe: error: {error}", err=True)
+        sys.exit(error.exit_code)
+    except Exception as error:
+        if debug:
+            raise
+        click.echo(
+            f"convpipe: internal error: {type(error).__name__}: {error} (rerun with --debug for details)",
+            err=True,
+        )
+        sys.exit(1)
+    sys.exit(0)

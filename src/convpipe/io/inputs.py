@@ -1,0 +1,127 @@
+"""Open TIFF and Zarr inputs lazily, read-only, and read the samples a block needs.
+
+An ``InputSpec`` is small and picklable: every worker process reopens the input from it (and
+caches the handle), so no open file travels through the task graph.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from convpipe.errors import ConfigError, RunError
+
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Where the input lives: a path and, inside it, which array (Zarr) or series/level (TIFF)."""
+
+    path: str
+    array: str | None = None
+    series: int = 0
+    level: int = 0
+
+    @property
+    def is_tiff(self) -> bool:
+        return self.path.lower().endswith(TIFF_SUFFIXES)
+
+
+class ArrayReader:
+    """An input array: its shape, dtype and storage chunks, and reads of index sets.
+
+    ``read`` takes one sorted index array per axis. A contiguous one is read as a slice; the
+    others (the far side of a ``wrap`` border) use orthogonal indexing, so only the storage
+    chunks holding those samples are decoded.
+    """
+
+    def __init__(self, array: Any, description: str) -> None:
+        self.array = array
+        self.description = description
+        self.shape: tuple[int, ...] = tuple(int(n) for n in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        chunks = getattr(array, "chunks", None)
+        self.chunks: tuple[int, ...] = tuple(int(c) for c in chunks) if chunks else self.shape
+
+    def read(self, indices: Sequence[np.ndarray]) -> np.ndarray:
+        selection: list[slice | np.ndarray] = []
+        for index in indices:
+            if len(index) and index[-1] - index[0] == len(index) - 1:
+                selection.append(slice(int(index[0]), int(index[-1]) + 1))
+            else:
+                selection.append(np.asarray(index))
+        if all(isinstance(s, slice) for s in selection):
+            return np.asarray(self.array[tuple(selection)])
+        if isinstance(self.array, np.ndarray):
+            out = self.array
+            for axis, s in enumerate(selection):
+                out = out[(slice(None),) * axis + (s,)]
+            return np.asarray(out)
+        return np.asarray(self.array.oindex[tuple(selection)])
+
+
+def _open_zarr(spec: InputSpec) -> ArrayReader:
+    import zarr
+
+    try:
+        node = zarr.open(spec.path, mode="r")
+    except FileNotFoundError:
+        raise RunError(f"input {spec.path}: no such file or directory") from None
+    except Exception as error:
+        raise RunError(f"input {spec.path}: not a readable Zarr array or group ({error})") from None
+    if isinstance(node, zarr.Group):
+        arrays = sorted(name for name, _ in node.arrays())
+        name = spec.array
+        if name is None:
+            if len(arrays) != 1:
+                raise ConfigError(
+                    f"input.array: {spec.path} is a Zarr group; name the array to read "
+                    f"(it holds: {', '.join(arrays) or 'no arrays'})"
+                )
+            name = arrays[0]
+        try:
+            node = node[name]
+        except KeyError:
+            raise ConfigError(
+                f"input.array: no array {name!r} in {spec.path} (it holds: {', '.join(arrays) or 'no arrays'})"
+            ) from None
+        if not isinstance(node, zarr.Array):
+            raise ConfigError(f"input.array: {name!r} in {spec.path} is a group, not an array")
+    elif spec.array is not None:
+        raise ConfigError(f"input.array: {spec.path} is a single array, not a group; remove input.array")
+    return ArrayReader(node, spec.path)
+
+
+def _open_tiff(spec: InputSpec) -> ArrayReader:
+    import tifffile
+    import zarr
+
+    try:
+        with tifffile.TiffFile(spec.path) as tif:
+            n_series = len(tif.series)
+            n_levels = len(tif.series[spec.series].levels) if spec.series < n_series else 0
+    except FileNotFoundError:
+        raise RunError(f"input {spec.path}: no such file") from None
+    except Exception as error:
+        raise RunError(f"input {spec.path}: not a readable TIFF ({error})") from None
+    if spec.series >= n_series:
+        raise ConfigError(f"input.series: {spec.path} has {n_series} series (0 to {n_series - 1}); got {spec.series}")
+    if spec.level >= n_levels:
+        raise ConfigError(f"input.level: series {spec.series} has {n_levels} levels; got {spec.level}")
+    # tifffile's Zarr store decodes only the tiles or strips a read touches.
+    store = tifffile.imread(spec.path, aszarr=True, series=spec.series, level=spec.level)
+    return ArrayReader(zarr.open(store, mode="r"), spec.path)
+
+
+@functools.lru_cache(maxsize=16)
+def open_input(spec: InputSpec) -> ArrayReader:
+    """Open the input once per process; tasks call this instead of carrying file handles."""
+    if not Path(spec.path).exists():
+        raise RunError(f"input {spec.path}: no such file or directory")
+    return _open_tiff(spec) if spec.is_tiff else _open_zarr(spec)

@@ -1,0 +1,84 @@
+"""Plain-text descriptions for people: the plan, the filter list, what a file holds."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from convpipe import filters
+from convpipe.plan import Plan
+
+
+def _size(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if nbytes < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def _per_axis(values: list[Any]) -> str:
+    return "x".join(str(v) for v in values) if len(set(values)) > 1 else str(values[0])
+
+
+def default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def describe_plan(plan: Plan, workers: int | None = None) -> str:
+    """Each step's geometry, the block layout and the memory estimate (``convpipe plan``)."""
+    workers = workers or default_workers()
+    spatial = plan.spatial
+    letters = "".join(plan.axes[d] for d in spatial)
+    lines = [
+        f"input   shape {plan.input_shape} {plan.input_dtype}, axes {plan.axes}, storage chunks {plan.input_chunks}",
+        f"compute {plan.compute_dtype}; output {plan.output_shape} {plan.output_dtype}",
+        "",
+        f"steps (per spatial axis {letters}; halo = input pixels a block reads beyond its own, before/after)",
+    ]
+    lines.append(
+        f"  {'#':>2}  {'filter':<10} {'F':<9} {'pad (before/after)':<20} "
+        f"{'padding':<10} {'stride':<7} {'halo':<16} output"
+    )
+    for step in plan.steps:
+        axes = [step.axes[d] for d in spatial]
+        halo = plan.halo(step.index)
+        padding = step.config.padding
+        if padding == "constant":
+            padding = f"constant({step.config.cval:g})"
+        lines.append(
+            f"  {step.index:>2}  {step.config.filter:<10} "
+            f"{_per_axis([a.size for a in axes]):<9} "
+            f"{_per_axis([f'{a.pad_before}/{a.pad_after}' for a in axes]):<20} "
+            f"{padding:<10} "
+            f"{_per_axis([a.stride for a in axes]):<7} "
+            f"{_per_axis([f'{halo[d][0]}/{halo[d][1]}' for d in spatial]):<16} "
+            f"{step.out_shape}"
+        )
+    grid = tuple(len(c) for c in plan.chunks)
+    lines += [
+        "",
+        f"blocks  {plan.num_blocks} output blocks of {plan.block_shape} (grid {grid}), "
+        f"from input blocks of {plan.input_block}",
+        f"tasks   {plan.task_count}" + (f" ({plan.range_passes} extra pass for rescale)" if plan.range_passes else ""),
+        f"memory  about {_size(plan.memory_per_block())} per block in flight; "
+        f"estimated peak {_size(plan.memory_estimate(workers))} with {workers} workers",
+    ]
+    return "\n".join(lines)
+
+
+def describe_filters() -> str:
+    """Every filter with its own keys (``convpipe filters``)."""
+    lines = []
+    for entry in filters.FILTERS.values():
+        aliases = f" (also: {', '.join(entry.aliases)})" if entry.aliases else ""
+        lines.append(f"{entry.name}{aliases}: {entry.summary}")
+        for key, field in entry.own_keys().items():
+            default = "required" if field.is_required() else f"default {field.default!r}"
+            lines.append(f"    {key:<12} {field.description} ({default})")
+    lines.append("")
+    lines.append("every step also takes:")
+    for key in filters.Step.common_keys[1:]:
+        field = filters.Step.model_fields[key]
+        lines.append(f"    {key:<12} {field.description} (default {field.default!r})")
+    return "\n".join(lines)
