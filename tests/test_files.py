@@ -1,0 +1,164 @@
+"""End to end through files: Zarr (v2, v3, in a group) and TIFF (tiled, striped, BigTIFF) in,
+Zarr v3 out, compared with the whole-image reference."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import dask
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reference import reference
+from strategies import case
+
+import convpipe
+from convpipe.config import from_dict
+from convpipe.errors import ConfigError
+from convpipe.plan import bind
+
+
+def write_input(folder: Path, image: np.ndarray, kind: str) -> dict[str, Any]:
+    """Write ``image`` as ``kind``; return the config's input section for it."""
+    if kind == "zarr-v3":
+        zarr.create_array(str(folder / "in.zarr"), data=image, chunks=tuple(max(1, n // 2) for n in image.shape))
+        return {"path": str(folder / "in.zarr")}
+    if kind == "zarr-v2":
+        array = zarr.create_array(
+            str(folder / "in.zarr"),
+            shape=image.shape,
+            dtype=image.dtype,
+            zarr_format=2,
+            chunks=image.shape,
+        )
+        array[...] = image
+        return {"path": str(folder / "in.zarr")}
+    if kind == "zarr-group":
+        group = zarr.open_group(str(folder / "in.zarr"), mode="w")
+        group.create_array("other", shape=(2,), dtype="f4")
+        group.create_array("image", data=image)
+        return {"path": str(folder / "in.zarr"), "array": "image"}
+    if kind == "tiff-tiled":
+        tifffile.imwrite(folder / "in.tif", image, tile=(16, 16))
+    elif kind == "tiff-striped":
+        tifffile.imwrite(folder / "in.tif", image, rowsperstrip=3, compression="zlib")
+    elif kind == "bigtiff":
+        tifffile.imwrite(folder / "in.tif", image, bigtiff=True)
+    else:
+        raise AssertionError(kind)
+    return {"path": str(folder / "in.tif")}
+
+
+KINDS = ["zarr-v3", "zarr-v2", "zarr-group", "tiff-tiled", "tiff-striped", "bigtiff"]
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+@given(case(max_steps=3), st.sampled_from(KINDS))
+def test_run_through_files_equals_reference(example: Any, kind: str) -> None:
+    image, chunks, steps = example
+    if kind.startswith("tiff") or kind == "bigtiff":
+        image = image.reshape(image.shape[-2:]) if image.ndim == 2 else image
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        source = write_input(folder, image, kind)
+        data = {
+            "input": {**source, "chunks": list(chunks)},
+            "output": {"path": str(folder / "out.zarr"), "dtype": "float64"},
+            "pipeline": steps,
+        }
+        config = from_dict(data)
+        try:
+            plan = bind(config, image.shape, image.dtype, image.shape)
+        except ConfigError:
+            return  # an empty output: rejected before anything is written, tested elsewhere
+        with dask.config.set(scheduler="sync"):
+            convpipe.run(config)
+        out = zarr.open_array(str(folder / "out.zarr"), mode="r")
+        assert out.attrs["convpipe"]["complete"] is True
+        expected = reference(image, plan)
+        scale = max(1.0, float(np.nanmax(np.abs(expected), initial=0.0)), float(np.abs(image).max()))
+        np.testing.assert_allclose(out[...], expected, rtol=1e-9, atol=1e-9 * scale, equal_nan=True)
+
+
+@pytest.fixture
+def image() -> np.ndarray:
+    rng = np.random.default_rng(7)
+    return (rng.random((70, 90)) * 60000).astype(np.uint16)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_input_kind_gives_the_same_output(tmp_path: Path, image: np.ndarray, kind: str) -> None:
+    steps = [
+        {"filter": "gaussian", "sigma": 2.0},
+        {"filter": "sharpen"},
+        {"filter": "sobel", "stride": 2},
+    ]
+    source = write_input(tmp_path, image, kind)
+    config = from_dict(
+        {
+            "input": {**source, "chunks": [32, 32]},
+            "output": {"path": str(tmp_path / "out.zarr")},
+            "pipeline": steps,
+        }
+    )
+    convpipe.run(config)
+    got = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    expected = convpipe.filter_array(image, steps).compute()
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-2)
+    assert got.dtype == np.float32 and got.shape == (35, 45)
+
+
+def test_to_dask_is_lazy_and_equals_the_written_output(tmp_path: Path, image: np.ndarray) -> None:
+    source = write_input(tmp_path, image, "zarr-v3")
+    config = from_dict(
+        {
+            "input": {**source, "chunks": [16, 64]},
+            "output": {"path": str(tmp_path / "out.zarr")},
+            "pipeline": [
+                {"filter": "median", "size": 3},
+                {"filter": "rescale", "min": 0, "max": 1},
+            ],
+        }
+    )
+    lazy = convpipe.to_dask(config)
+    assert not (tmp_path / "out.zarr").exists()
+    assert lazy.chunks == ((16, 16, 16, 16, 6), (64, 26))
+    convpipe.run(config)
+    written = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    np.testing.assert_array_equal(lazy.compute(), written[...])
+    assert written.chunks == (16, 64)  # one storage chunk per block: writers never share one
+    assert np.nanmin(written[...]) == 0.0 and np.nanmax(written[...]) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("dtype", "expected"),
+    [
+        ("uint8", [0, 0, 2, 3, 255, 255]),
+        ("int16", [-32768, -2, 2, 3, 300, 32767]),
+        ("uint16", [0, 0, 2, 3, 300, 65535]),
+    ],
+)
+def test_integer_outputs_round_and_clip_never_wrap(tmp_path: Path, dtype: str, expected: list[int]) -> None:
+    values = np.array([[-40000.0, -2.4, 2.5, 2.6, 300.0, 70000.0]], dtype=np.float32)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=values)
+    config = from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.zarr")},
+            "output": {"path": str(tmp_path / "out.zarr"), "dtype": dtype},
+            "pipeline": [{"filter": "convolve", "kernel": [[1.0]]}],
+        }
+    )
+    convpipe.run(config)
+    got = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
+    # Round to nearest (ties to even: 2.5 -> 2), then clip to the type's range.
+    np.testing.assert_array_equal(got, np.array([expected], dtype=dtype))
+    assert got.dtype == np.dtype(dtype)
