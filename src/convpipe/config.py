@@ -8,6 +8,7 @@ Relative paths are resolved against the config file's folder, as in SPEC §2.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -195,7 +196,7 @@ def from_dict(data: Any, base_dir: Path | str = ".", source: str | None = None) 
 
 
 def _absolute(base: Path, path: str) -> str:
-    return str((base / Path(path).expanduser()).absolute())
+    return os.path.normpath((base / Path(path).expanduser()).absolute())
 
 
 _KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
