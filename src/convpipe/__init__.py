@@ -4,7 +4,7 @@ The same API the CLI uses, for notebooks and scripts::
 
     import convpipe
     config = convpipe.load_config("configs/edges.yaml", overrides=["pipeline[0].sigma=3"])
-    plan = convpipe.plan(config)          # shapes, halos, blocks; reads no pixels
+    plan = convpipe.make_plan(config)     # shapes, halos, blocks; reads no pixels
     lazy = convpipe.to_dask(config)       # the result as a lazy Dask array
     convpipe.run(config)                  # write it to config.output.path
 
@@ -27,11 +27,6 @@ from convpipe.engine import to_dask as _to_dask
 from convpipe.errors import ConfigError, ConvpipeError, RunError
 from convpipe.plan import Plan, bind
 from convpipe.run import RunResult, input_spec, make_plan, run
-
-
-def plan(config: Config) -> Plan:
-    """Bind a config to its input's shape: every step's geometry and the block layout."""
-    return make_plan(config)
 
 
 def to_dask(config: Config) -> da.Array:
@@ -75,7 +70,7 @@ __all__ = [
     "filter_array",
     "from_dict",
     "load_config",
-    "plan",
+    "make_plan",
     "run",
     "to_dask",
 ]

@@ -152,8 +152,12 @@ def main(argv: list[str] | None = None) -> None:
         cli.main(args=args, prog_name="convpipe", standalone_mode=False)
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    except click.UsageError as error:
+        command = f" {error.ctx.info_name}" if error.ctx is not None and error.ctx.parent is not None else ""
+        click.echo(f"convpipe: error: {error.format_message()} (see convpipe{command} --help)", err=True)
+        sys.exit(error.exit_code)
     except click.ClickException as error:
-        error.show()
+        click.echo(f"convpipe: error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except (click.Abort, KeyboardInterrupt):
         click.echo("convpipe: interrupted", err=True)

@@ -185,7 +185,7 @@ def from_dict(data: Any, base_dir: Path | str = ".", source: str | None = None) 
     steps = [validate_step(step, index) for index, step in enumerate(pipeline)]
     base = Path(base_dir)
     steps = [
-        step.model_copy(update={"kernel_file": str(base / step.kernel_file)})
+        step.model_copy(update={"kernel_file": _absolute(base, step.kernel_file)})
         if isinstance(step, filters.Convolve) and step.kernel_file is not None
         else step
         for step in steps
@@ -235,6 +235,21 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment}: {_place('', tuple(parts))} does not exist")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, but a key given twice is an error instead of the last one winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> Any:
     """Parse the file; a syntax error names the line and column."""
     try:
@@ -244,7 +259,7 @@ def read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot read the config ({error})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: builds only plain data
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
@@ -261,7 +276,7 @@ def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Confi
             raise ConfigError(f"{path}: must be a mapping with input, output and pipeline")
         for assignment in overrides:
             apply_override(data, assignment)
-    return from_dict(data, base_dir=path.parent, source=str(path))
+    return from_dict(data, base_dir=path.parent, source=os.path.normpath(path.absolute()))
 
 
 def output_dtype(config: Config, input_dtype: np.dtype) -> np.dtype:

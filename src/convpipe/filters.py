@@ -185,6 +185,12 @@ class Rescale(Step):
 # --- how each filter becomes an operation (in spatial dimensions) ----------------------------
 
 
+def _holds_bool(nested: Any) -> bool:
+    if isinstance(nested, list):
+        return any(_holds_bool(item) for item in nested)
+    return isinstance(nested, bool)
+
+
 def _load_kernel(params: Convolve) -> np.ndarray:
     if params.kernel_file is not None:
         try:
@@ -194,13 +200,19 @@ def _load_kernel(params: Convolve) -> np.ndarray:
         key, kernel = "kernel_file", np.asarray(loaded)
     else:
         key = "kernel"
+        if not isinstance(params.kernel, list):
+            raise ParamError(key, f"must be a nested list, one level per spatial axis (got {params.kernel!r})")
+        if _holds_bool(params.kernel):
+            raise ParamError(key, "must hold numbers (got true/false)")
         try:
             kernel = np.array(params.kernel, dtype=np.float64)
         except (ValueError, TypeError):
             raise ParamError(key, "must be a rectangular nested list of numbers") from None
     if kernel.dtype.kind not in "biuf" or kernel.dtype == bool:
         raise ParamError(key, f"must hold numbers (got {kernel.dtype})")
-    if kernel.size == 0 or kernel.ndim == 0:
+    if kernel.ndim == 0:
+        raise ParamError(key, "must be an array with one dimension per spatial axis (got a single number)")
+    if kernel.size == 0:
         raise ParamError(key, "must not be empty")
     if not np.isfinite(kernel).all():
         raise ParamError(key, "must hold finite numbers (no NaN or infinity)")

@@ -32,7 +32,9 @@ def number(value: Any) -> float:
 
 def positive(value: Any) -> float:
     value = number(value)
-    if not value > 0 or math.isinf(value):
+    if math.isinf(value):
+        raise fail(f"must be a finite number (got {value:g})")
+    if not value > 0:
         raise fail(f"must be > 0 (got {value:g})")
     return value
 

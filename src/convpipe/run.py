@@ -31,7 +31,10 @@ def input_spec(config: Config) -> InputSpec:
 
 
 def make_plan(config: Config) -> Plan:
-    """Open the input's metadata (no pixels) and bind the config to its shape."""
+    """Bind a config to its input's shape: every step's geometry and the block layout.
+
+    Opens the input's metadata only; no pixel is read.
+    """
     reader = open_input(input_spec(config))
     return bind(config, reader.shape, reader.dtype, reader.chunks)
 
@@ -53,9 +56,17 @@ def provenance(config: Config, plan: Plan) -> dict[str, Any]:
     }
 
 
+def check_scheduler(name: str) -> None:
+    if name not in LOCAL_SCHEDULERS and "://" not in name:
+        raise ConfigError(
+            f"--scheduler: must be threads, processes, sync or an address like tcp://host:8786 (got {name!r})"
+        )
+
+
 @contextlib.contextmanager
 def scheduler(name: str, workers: int | None) -> Iterator[None]:
     """Make ``name`` Dask's scheduler for the duration: a local one or a cluster's address."""
+    check_scheduler(name)
     if name in LOCAL_SCHEDULERS:
         with dask.config.set(scheduler=LOCAL_SCHEDULERS[name], num_workers=workers):
             yield
@@ -69,10 +80,6 @@ def scheduler(name: str, workers: int | None) -> Iterator[None]:
             raise RunError(f"--scheduler {name}: cannot reach the scheduler ({error})") from None
         with client:
             yield
-        return
-    raise ConfigError(
-        f"--scheduler: must be threads, processes, sync or an address like tcp://host:8786 (got {name!r})"
-    )
 
 
 @dataclass(frozen=True)
@@ -94,26 +101,32 @@ def run(
     """Compute the chain and write it to ``config.output.path``; return what was done."""
     overwrite = config.output.overwrite if overwrite is None else overwrite
     spec = input_spec(config)
+    check_scheduler(scheduler_name)
     outputs.check_paths(spec.path, config.output.path, overwrite)
     plan = make_plan(config)
     start = time.perf_counter()
-    target = outputs.create(
-        config.output.path,
-        plan.output_shape,
-        plan.block_shape,
-        plan.output_dtype,
-        plan.axes,
-        provenance(config, plan),
-        overwrite,
-    )
-    graph = write_graph(plan, spec, outputs.write_block, target)
-    with scheduler(scheduler_name, workers), _progress(progress):
-        try:
-            blocks = graph.compute()
-        except ConvpipeError:
-            raise
-        except OSError as error:
-            raise RunError(f"output {config.output.path}: writing failed ({error}); the output is incomplete") from None
+    # Connect to the scheduler before touching the output: a bad address must not cost
+    # the user an existing output.
+    with scheduler(scheduler_name, workers):
+        target = outputs.create(
+            config.output.path,
+            plan.output_shape,
+            plan.block_shape,
+            plan.output_dtype,
+            plan.axes,
+            provenance(config, plan),
+            overwrite,
+        )
+        graph = write_graph(plan, spec, outputs.write_block, target)
+        with _progress(progress):
+            try:
+                blocks = graph.compute()
+            except ConvpipeError:
+                raise
+            except OSError as error:
+                raise RunError(
+                    f"output {config.output.path}: writing failed ({error}); the output is incomplete"
+                ) from None
     outputs.mark_complete(target)
     return RunResult(plan, config.output.path, int(blocks), time.perf_counter() - start)
 
