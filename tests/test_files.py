@@ -103,18 +103,13 @@ def test_every_input_kind_gives_the_same_output(tmp_path: Path, image: np.ndarra
         {"filter": "sobel", "stride": 2},
     ]
     source = write_input(tmp_path, image, kind)
-    config = from_dict(
-        {
-            "input": {**source, "chunks": [32, 32]},
-            "output": {"path": str(tmp_path / "out.zarr")},
-            "pipeline": steps,
-        }
-    )
+    output = {"path": str(tmp_path / "out.zarr"), "dtype": "float64"}
+    config = from_dict({"input": {**source, "chunks": [32, 32]}, "output": output, "pipeline": steps})
     convpipe.run(config)
     got = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[...]
-    expected = convpipe.filter_array(image, steps).compute()
-    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-2)
-    assert got.dtype == np.float32 and got.shape == (35, 45)
+    expected = convpipe.filter_array(image, steps, dtype="float64").compute()
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-9)
+    assert got.dtype == np.float64 and got.shape == (35, 45)
 
 
 def test_to_dask_is_lazy_and_equals_the_written_output(tmp_path: Path, image: np.ndarray) -> None:

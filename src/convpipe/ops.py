@@ -8,26 +8,16 @@ axes; non-spatial axes (t, c) have kernel size 1, so every plane is filtered on 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
-import scipy.ndimage as ndi
 
-from convpipe import kernels
+from convpipe import backend, kernels
 
 Stride = tuple[int, ...]
-
-
-def _valid(filtered: np.ndarray, size: Sequence[int], stride: Stride) -> np.ndarray:
-    """Keep the outputs whose window lies inside the array, one every ``stride`` samples.
-
-    scipy.ndimage centres a window of size F at F // 2, so the window starting at ``m`` is
-    scipy's output ``m + F // 2``.
-    """
-    index = tuple(slice(f // 2, f // 2 + n - f + 1, s) for f, n, s in zip(size, filtered.shape, stride, strict=True))
-    return filtered[index]
 
 
 @dataclass(frozen=True)
@@ -71,24 +61,17 @@ class Part:
 
     def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
         if self.dense is not None:
-            out = _valid(ndi.correlate(window, self.dense, mode="constant"), self.dense.shape, stride)
+            out = backend.dense(window, self.dense, stride)
         else:
             assert self.factors is not None
-            out = window
-            for axis, (factor, step) in enumerate(zip(self.factors, stride, strict=True)):
-                if len(factor) == 1 and factor[0] == 1.0:
-                    if step > 1:
-                        out = out[(slice(None),) * axis + (slice(None, None, step),)]
-                    continue
-                filtered = ndi.correlate1d(out, factor, axis=axis, mode="constant")
-                sizes = [1] * window.ndim
-                sizes[axis] = len(factor)
-                steps = [1] * window.ndim
-                steps[axis] = step
-                out = _valid(filtered, sizes, tuple(steps))
+            out = backend.separable(window, self.factors, stride)
         if self.weight != 1.0:
-            out = out * np.asarray(self.weight, dtype=window.dtype)
+            out = out * window.dtype.type(self.weight)
         return out
+
+
+#: Effective kernels up to this many taps run as one dense pass rather than part by part.
+SMALL_KERNEL = 27
 
 
 @dataclass(frozen=True)
@@ -117,6 +100,9 @@ class Linear:
 
     def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
         size = self.size
+        if len(self.parts) > 1 and math.prod(size) <= SMALL_KERNEL:
+            # One pass of the combined kernel beats a pass per part (sharpen: 3x3).
+            return backend.dense(window, self.kernel(), stride)
         total: np.ndarray | None = None
         for part in self.parts:
             # A smaller part sits centred in the effective kernel: crop the window to match.
@@ -163,13 +149,6 @@ class Gradient:
         return np.sqrt(total, out=total)
 
 
-_RANK_FILTERS = {
-    "median": ndi.median_filter,
-    "minimum": ndi.minimum_filter,
-    "maximum": ndi.maximum_filter,
-}
-
-
 @dataclass(frozen=True)
 class Rank:
     """Order statistics of a box window; the median is rank n // 2, as in scipy."""
@@ -188,8 +167,7 @@ class Rank:
         return Rank(self.statistic, tuple(size))
 
     def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
-        filtered = _RANK_FILTERS[self.statistic](window, size=self.size, mode="constant")
-        return _valid(filtered, self.size, stride)
+        return backend.rank(window, self.statistic, self.size, stride)
 
 
 @dataclass(frozen=True)
