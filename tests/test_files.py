@@ -157,3 +157,20 @@ def test_integer_outputs_round_and_clip_never_wrap(tmp_path: Path, dtype: str, e
     # Round to nearest (ties to even: 2.5 -> 2), then clip to the type's range.
     np.testing.assert_array_equal(got, np.array([expected], dtype=dtype))
     assert got.dtype == np.dtype(dtype)
+
+
+@pytest.mark.parametrize(("codec", "expected"), [("lz4", "blosc"), ("zstd", "zstd"), ("none", None)])
+def test_output_codec(tmp_path: Path, image: np.ndarray, codec: str, expected: str | None) -> None:
+    source = write_input(tmp_path, image, "zarr-v3")
+    config = from_dict(
+        {
+            "input": source,
+            "output": {"path": str(tmp_path / "out.zarr"), "codec": codec},
+            "pipeline": [{"filter": "gaussian", "sigma": 1.0}],
+        }
+    )
+    convpipe.run(config)
+    written = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    names = [c.to_dict()["name"] for c in written.compressors]
+    assert names == ([expected] if expected else [])
+    np.testing.assert_array_equal(written[...], convpipe.filter_array(image, config.resolved()["pipeline"]).compute())

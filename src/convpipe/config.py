@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 
 from convpipe import filters
 from convpipe.errors import ConfigError
-from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, per_axis
+from convpipe.io.outputs import CODECS
+from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, one_of, per_axis
 
 SPATIAL_AXES = "zyx"
 AXIS_LETTERS = "tczyx"
@@ -83,6 +84,9 @@ class OutputConfig(BaseModel):
     path: Text = Field(description="the Zarr to write (relative to the config file)")
     dtype: Annotated[str, PlainValidator(_dtype)] = Field("float32", description="output dtype or `input`")
     overwrite: Boolean = Field(False, description="replace an existing output")
+    codec: Annotated[str, PlainValidator(one_of(*CODECS))] = Field(
+        "lz4", description="compression: lz4 (blosc, fast; default), zstd (smaller, slower) or none"
+    )
 
 
 class Config(BaseModel):

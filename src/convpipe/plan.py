@@ -137,8 +137,14 @@ def default_axes(ndim: int) -> str:
     raise ConfigError(f"input.axes: the input has {ndim} dimensions; say which axis is which, e.g. axes: czyx")
 
 
-def default_block(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tuple[int, ...]) -> tuple[int, ...]:
-    """Storage chunks, grown by whole multiples along spatial axes toward the target size."""
+def default_block(
+    shape: tuple[int, ...], storage: tuple[int, ...], spatial: tuple[int, ...], stride: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Storage chunks, grown by whole multiples along spatial axes toward the target size.
+
+    Each length is then a multiple of the chain's total stride along its axis, so every output
+    block covers exactly block / stride output samples.
+    """
     block = [min(c, n) for c, n in zip(storage, shape, strict=True)]
     target = TARGET_BLOCK_BYTES // 4
     while math.prod(block) * 2 <= target:
@@ -147,7 +153,7 @@ def default_block(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tup
             break
         axis = min(growable, key=lambda d: block[d])
         block[axis] = min(block[axis] * 2, shape[axis])
-    return tuple(block)
+    return tuple(b if b >= n else max(s, b // s * s) for b, n, s in zip(block, shape, stride, strict=True))
 
 
 def bind(config: Config, shape: tuple[int, ...], dtype: np.dtype, storage_chunks: tuple[int, ...]) -> Plan:
@@ -199,7 +205,8 @@ def bind(config: Config, shape: tuple[int, ...], dtype: np.dtype, storage_chunks
             )
         input_block = tuple(min(c, n) for c, n in zip(config.input.chunks, shape, strict=True))
     else:
-        input_block = default_block(tuple(shape), tuple(storage_chunks), spatial)
+        total_stride = tuple(math.prod(s.axes[d].stride for s in steps) for d in range(len(shape)))
+        input_block = default_block(tuple(shape), tuple(storage_chunks), spatial, total_stride)
     return Plan(
         axes=axes,
         input_shape=tuple(shape),

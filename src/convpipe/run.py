@@ -116,6 +116,7 @@ def run(
             plan.axes,
             provenance(config, plan),
             overwrite,
+            config.output.codec,
         )
         graph = write_graph(plan, spec, outputs.write_block, target)
         with _progress(progress):

@@ -1,0 +1,73 @@
+"""The plan: block layout, task count and memory estimate, from integers alone."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pytest
+
+from convpipe.config import from_dict
+from convpipe.plan import TARGET_BLOCK_BYTES, Plan, bind
+
+
+def plan_for(steps: list[dict[str, Any]], shape: tuple[int, ...], storage: tuple[int, ...], **inp: Any) -> Plan:
+    config = from_dict({"input": {"path": "in.zarr", **inp}, "output": {"path": "out.zarr"}, "pipeline": steps})
+    return bind(config, shape, np.dtype("uint16"), storage)
+
+
+def test_default_block_grows_storage_chunks_toward_the_target() -> None:
+    plan = plan_for([{"filter": "gaussian", "sigma": 2}], (16384, 16384), (512, 512))
+    block = plan.input_block
+    assert all(b % 512 == 0 for b in block)  # whole storage chunks
+    assert TARGET_BLOCK_BYTES / 2 < math.prod(block) * 4 <= TARGET_BLOCK_BYTES
+    assert plan.block_shape == block  # stride 1: output blocks are input blocks
+
+
+def test_default_block_never_exceeds_the_image() -> None:
+    plan = plan_for([{"filter": "box"}], (300, 7000), (64, 64))
+    assert plan.input_block[0] == 300
+    assert plan.chunks[0] == (300,)
+
+
+@pytest.mark.parametrize("stride", [2, 3, 5])
+def test_default_block_is_a_multiple_of_the_total_stride(stride: int) -> None:
+    steps = [{"filter": "box", "stride": stride}, {"filter": "sobel", "stride": 2}]
+    plan = plan_for(steps, (5000, 5000), (500, 500))
+    for length in plan.input_block:
+        assert length % (2 * stride) == 0
+    assert plan.block_shape == tuple(b // (2 * stride) for b in plan.input_block)
+
+
+def test_explicit_chunks_set_the_block_and_the_layout() -> None:
+    plan = plan_for([{"filter": "median", "stride": [2, 1]}], (100, 90), (10, 10), chunks=[40, 64])
+    assert plan.block_shape == (20, 64)
+    assert plan.chunks == ((20, 20, 10), (64, 26))
+    assert plan.num_blocks == 6
+
+
+def test_task_count_includes_the_rescale_passes() -> None:
+    steps = [{"filter": "gaussian", "sigma": 1}, {"filter": "rescale"}, {"filter": "sobel"}, {"filter": "rescale"}]
+    plan = plan_for(steps, (100, 100), (50, 50), chunks=[50, 50])
+    assert plan.num_blocks == 4
+    assert plan.range_passes == 2
+    assert plan.task_count == 4 * 3 + 2
+
+
+def test_memory_estimate_scales_with_block_and_workers_not_image() -> None:
+    steps = [{"filter": "gaussian", "sigma": 2}, {"filter": "sobel"}]
+    small = plan_for(steps, (4096, 4096), (512, 512), chunks=[1024, 1024])
+    large = plan_for(steps, (65536, 65536), (512, 512), chunks=[1024, 1024])
+    assert small.memory_per_block() == large.memory_per_block()
+    assert large.memory_estimate(4) == 2 * large.memory_estimate(2)
+    bigger_blocks = plan_for(steps, (4096, 4096), (512, 512), chunks=[2048, 2048])
+    assert bigger_blocks.memory_per_block() > 3 * small.memory_per_block()
+    # At least the float32 block itself, the uint16 input read and the output.
+    assert small.memory_per_block() >= (1024 + 20) ** 2 * (4 + 2) + 1024**2 * 8
+
+
+def test_halo_per_step_accumulates() -> None:
+    steps = [{"filter": "gaussian", "sigma": 2}, {"filter": "sharpen"}, {"filter": "sobel", "stride": 2}]
+    plan = plan_for(steps, (1000, 1000), (100, 100))
+    assert [plan.halo(k)[0] for k in range(3)] == [(8, 8), (9, 9), (10, 9)]
