@@ -44,11 +44,11 @@ def write_input(folder: Path, image: np.ndarray, kind: str) -> dict[str, Any]:
         group.create_array("image", data=image)
         return {"path": str(folder / "in.zarr"), "array": "image"}
     if kind == "tiff-tiled":
-        tifffile.imwrite(folder / "in.tif", image, tile=(16, 16))
+        tifffile.imwrite(folder / "in.tif", image, tile=(16, 16), photometric="minisblack")
     elif kind == "tiff-striped":
-        tifffile.imwrite(folder / "in.tif", image, rowsperstrip=3, compression="zlib")
+        tifffile.imwrite(folder / "in.tif", image, rowsperstrip=3, compression="zlib", photometric="minisblack")
     elif kind == "bigtiff":
-        tifffile.imwrite(folder / "in.tif", image, bigtiff=True)
+        tifffile.imwrite(folder / "in.tif", image, bigtiff=True, photometric="minisblack")
     else:
         raise AssertionError(kind)
     return {"path": str(folder / "in.tif")}

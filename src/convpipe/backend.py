@@ -94,11 +94,38 @@ def separable(window: np.ndarray, factors: Sequence[np.ndarray], stride: Stride)
         scaled = out if ky[0] * kx[0] == 1.0 else out * out.dtype.type(ky[0] * kx[0])
         return scaled[..., :: stride[-2], :: stride[-1]]
     out = _contiguous_planes(out)
-    filtered = _per_plane(
-        lambda plane: cv2.sepFilter2D(plane, -1, kx, ky, borderType=cv2.BORDER_CONSTANT), out
-    )
     lead = (slice(None),) * (ndim - 2)
+    if stride[-2] > 1 and len(ky) >= 2 * stride[-2]:
+        return _polyphase_rows(out, ky, kx, stride[-2], stride[-1])
+    filtered = _per_plane(lambda plane: cv2.sepFilter2D(plane, -1, kx, ky, borderType=cv2.BORDER_CONSTANT), out)
     return filtered[lead + valid_slices((len(ky), len(kx)), out.shape[-2:], stride[-2:], centred=True)]
+
+
+def _polyphase_rows(window: np.ndarray, ky: np.ndarray, kx: np.ndarray, row_stride: int, col_stride: int) -> np.ndarray:
+    """A row-strided separable pass that computes only the rows it keeps.
+
+    Kept row m is the sum over phases r of the taps ky[r::S] applied to the rows r::S, so each
+    phase is an ordinary (unstrided) pass over 1/S of the rows with 1/S of the taps.
+    """
+    rows = (window.shape[-2] - len(ky)) // row_stride + 1
+    columns = valid_slices((len(kx),), window.shape[-1:], (col_stride,), centred=True)[0]
+    total: np.ndarray | None = None
+    for phase in range(row_stride):
+        taps = ky[phase::row_stride]
+        if not taps.any():
+            continue
+        filtered = _per_plane(
+            lambda plane, taps=taps: cv2.sepFilter2D(plane, -1, kx, taps, borderType=cv2.BORDER_CONSTANT),
+            window[..., phase::row_stride, :],
+        )
+        term = filtered[..., len(taps) // 2 : len(taps) // 2 + rows, columns]
+        if total is None:
+            total = term
+        else:
+            total += term
+    if total is None:
+        return np.zeros((*window.shape[:-2], rows, len(range(*columns.indices(window.shape[-1])))), window.dtype)
+    return total
 
 
 def dense(window: np.ndarray, kernel: np.ndarray, stride: Stride) -> np.ndarray:
@@ -123,7 +150,10 @@ def dense(window: np.ndarray, kernel: np.ndarray, stride: Stride) -> np.ndarray:
             lambda plane, k=plane_kernel: cv2.filter2D(plane, -1, k, borderType=cv2.BORDER_CONSTANT), part
         )
         term = filtered[(slice(None),) * (ndim - 2) + plane_slices]
-        out = np.array(term) if out is None else np.add(out, term, out=out)
+        if out is None:
+            out = term  # a view of a fresh array: safe to accumulate into
+        else:
+            out += term
     if out is None:
         return np.zeros(counts, dtype=window.dtype)
     return out
@@ -168,4 +198,3 @@ def rank(
     function = {"median": ndi.median_filter, "minimum": ndi.minimum_filter, "maximum": ndi.maximum_filter}
     filtered = function[statistic](window, size=tuple(size), mode="constant")
     return filtered[valid_slices(size, window.shape, stride, centred=True)]
-
