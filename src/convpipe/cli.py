@@ -49,49 +49,60 @@ def cli(debug: bool) -> None:
     "--scheduler",
     default="threads",
     show_default=True,
-    help="threads, processes, sync, or a dask.distributed scheduler address (tcp://host:8786).",
+    help="threads, processes, sync, local-cluster, or a dask.distributed scheduler address (tcp://host:8786).",
 )
 @click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    help="Threads or processes to use (default: all cores).",
+    "--workers", type=click.IntRange(min=1), help="Threads, processes or cluster workers (default: all cores)."
 )
+@click.option("--memory-limit", help="Memory per worker for --scheduler local-cluster, e.g. 4GB (default: auto).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
+@click.option("--resume", is_flag=True, help="Finish an interrupted output: write only its missing blocks.")
 @click.option("--dry-run", is_flag=True, help="Check and plan, print the plan, write nothing.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar and no summary.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
 def run_command(
     config_path: Path,
     overrides: tuple[str, ...],
     scheduler: str,
     workers: int | None,
+    memory_limit: str | None,
     overwrite: bool,
+    resume: bool,
     dry_run: bool,
     quiet: bool,
 ) -> None:
     """$ convpipe run CONFIG: compute the chain and write the output, block by block.
 
+    Shows a progress bar on a terminal and a progress line every 10 s in a batch log.
+
     \b
     Example:
       convpipe run configs/edges.yaml --overwrite --set output.dtype=uint16
+      convpipe run configs/edges.yaml --resume      # after a crash or a walltime kill
     """
     config = config_module.load(config_path, overrides)
     if dry_run:
-        outputs.check_paths(config.input.path, config.output.path, overwrite or config.output.overwrite)
+        outputs.check_paths(config.input.path, config.output.path, overwrite or resume or config.output.overwrite)
         click.echo(report.describe_plan(make_plan(config), workers))
         return
-    progress = not quiet and sys.stderr.isatty()
+    progress = None if quiet else ("bar" if sys.stderr.isatty() else "log")
     result = run(
         config,
         scheduler_name=scheduler,
         workers=workers,
+        memory_limit=memory_limit,
         overwrite=overwrite or None,
+        resume=resume,
         progress=progress,
     )
     if not quiet:
         plan = result.plan
+        if resume and result.blocks == 0 and result.resumed_from == plan.num_blocks:
+            click.echo(f"{result.output} is already complete; nothing to do", err=True)
+            return
+        resumed = f" (resumed: {result.resumed_from} were already there)" if result.resumed_from else ""
         click.echo(
             f"wrote {result.output}: {plan.output_shape} {plan.output_dtype}, "
-            f"{result.blocks} blocks in {result.seconds:.1f} s",
+            f"{result.blocks} blocks in {result.seconds:.1f} s{resumed}",
             err=True,
         )
 
@@ -133,6 +144,21 @@ def plan_command(config_path: Path, overrides: tuple[str, ...], workers: int | N
     click.echo(report.describe_plan(make_plan(config), workers))
 
 
+@cli.command("info")
+@click.argument("path", type=click.Path(path_type=Path))
+def info_command(path: Path) -> None:
+    """$ convpipe info PATH: shape, dtype, chunks, axes, codecs of a TIFF or Zarr; for an output,
+    whether it is complete.
+
+    \b
+    Example:
+      convpipe info out/edges.zarr
+    """
+    from convpipe.io.info import describe
+
+    click.echo(report.describe_info(describe(str(path))))
+
+
 @cli.command("filters")
 def filters_command() -> None:
     """$ convpipe filters: every filter and its keys.
@@ -144,8 +170,26 @@ def filters_command() -> None:
     click.echo(report.describe_filters())
 
 
+def _one_malloc_arena() -> None:
+    """Ask glibc for a single malloc arena in this process.
+
+    Each thread that allocates (Dask's workers, zarr's codec threads) otherwise gets an arena
+    of its own that keeps freed block buffers: on the edges demo peak RSS falls from 0.48 GB to
+    0.28 GB with no loss of speed (README, "Performance"). Only the command does this; importing
+    convpipe leaves the host process's allocator alone.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-8, 1)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line per error, and the documented exit status."""
+    _one_malloc_arena()
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:

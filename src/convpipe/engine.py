@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,13 +106,17 @@ class GraphBuilder:
         plan = self.plan
         return ChainJob(plan.steps, self.source, plan.chunks, plan.compute_dtype, plan.output_dtype)
 
-    def block_tasks(self, name: str, function: Callable[..., Any], *extra: Any) -> list[tuple[Any, ...]]:
-        """One task per output block: ``function(job, index, value_ranges, *extra)``."""
+    def block_tasks(
+        self, name: str, function: Callable[..., Any], *extra: Any, indices: Iterable[tuple[int, ...]] | None = None
+    ) -> list[tuple[Any, ...]]:
+        """One task per output block (or per block in ``indices``): ``function(job, index, ranges, *extra)``."""
         job = self.job()
         keys = []
-        for index in np.ndindex(*[len(c) for c in self.plan.chunks]):
+        if indices is None:
+            indices = np.ndindex(*[len(c) for c in self.plan.chunks])
+        for index in indices:
             key = (f"{name}-{self.token}", *index)
-            self.tasks[key] = (function, job, index, list(self.value_ranges), *extra)
+            self.tasks[key] = (function, job, tuple(index), list(self.value_ranges), *extra)
             keys.append(key)
         return keys
 
@@ -135,14 +139,21 @@ def _count(*done: Any) -> int:
     return len(done)
 
 
-def write_graph(plan: Plan, source: Source, write: Callable[..., Any], target: Any) -> Delayed:
-    """A Delayed that computes every block and hands it to ``write(target, bounds, data)``.
+def write_graph(
+    plan: Plan,
+    source: Source,
+    write: Callable[..., Any],
+    target: Any,
+    indices: Iterable[tuple[int, ...]] | None = None,
+) -> Delayed:
+    """A Delayed that computes blocks and hands each to ``write(target, index, bounds, data)``.
 
     Computing and writing happen in the same task, so block data never travels between
-    workers; the final task only counts the blocks written.
+    workers; the final task only counts the blocks written. ``indices`` limits the run to
+    those blocks (a resumed run).
     """
     builder = GraphBuilder(plan, source)
-    keys = builder.block_tasks("convpipe-write", _compute_and_write, write, target)
+    keys = builder.block_tasks("convpipe-write", _compute_and_write, write, target, indices=indices)
     final = f"convpipe-done-{builder.token}"
     builder.tasks[final] = (_count, *keys)
     graph = HighLevelGraph.from_collections(final, builder.tasks, dependencies=())
@@ -150,10 +161,6 @@ def write_graph(plan: Plan, source: Source, write: Callable[..., Any], target: A
 
 
 def _compute_and_write(
-    job: ChainJob,
-    index: tuple[int, ...],
-    value_ranges: list[Any],
-    write: Callable[..., Any],
-    target: Any,
+    job: ChainJob, index: tuple[int, ...], value_ranges: list[Any], write: Callable[..., Any], target: Any
 ) -> None:
-    write(target, block_bounds(job.chunks, index), job.block(index, value_ranges))
+    write(target, index, block_bounds(job.chunks, index), job.block(index, value_ranges))

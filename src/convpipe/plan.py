@@ -18,7 +18,9 @@ from convpipe.geometry import AxisStep, chain_halo, pad_widths
 from convpipe.ops import Op
 
 #: Default processing block: storage chunks grown until a float32 block is about this big.
-TARGET_BLOCK_BYTES = 32 * 2**20
+#: 16 MiB (2048x2048) keeps every temporary under glibc's mmap threshold, so freed buffers
+#: are reused instead of faulted in afresh, and keeps peak memory low (README, "Performance").
+TARGET_BLOCK_BYTES = 16 * 2**20
 
 #: Per step, the engine holds the padded window and its result plus about two temporaries.
 ARRAYS_PER_STEP = 4

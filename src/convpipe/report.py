@@ -82,3 +82,24 @@ def describe_filters() -> str:
         field = filters.Step.model_fields[key]
         lines.append(f"    {key:<12} {field.description} (default {field.default!r})")
     return "\n".join(lines)
+
+
+def describe_info(info: dict[str, Any], indent: str = "") -> str:
+    """Key: value lines for ``convpipe info``; nested arrays and series indented below."""
+    lines = []
+    for key, value in info.items():
+        if key == "arrays":
+            for name, member in value.items():
+                lines.append(f"{indent}array {name}:")
+                lines.append(describe_info(member, indent + "    "))
+        elif key == "series":
+            for number, series in enumerate(value):
+                details = ", ".join(f"{k} {v}" for k, v in series.items())
+                lines.append(f"{indent}series {number}: {details}")
+        elif isinstance(value, list) and value and isinstance(value[0], str):
+            lines.append(f"{indent}{key}:")
+            lines.extend(f"{indent}    {item}" for item in value)
+        else:
+            shown = tuple(value) if isinstance(value, list) else value
+            lines.append(f"{indent}{key}: {shown}")
+    return "\n".join(lines)

@@ -1,19 +1,22 @@
-"""Run a config: open the input, plan, write every block, mark the output complete.
+"""Run a config: open the input, plan, write every block (or the missing ones), mark complete.
 
-The scheduler is chosen here (threads, processes, synchronous, or a dask.distributed
-scheduler's address); everything before is pure planning and everything after is the store.
+The scheduler is chosen here: threads, processes or synchronous on this machine; a
+``LocalCluster`` of worker processes; or a running dask.distributed scheduler's address.
+Everything before is pure planning, everything after is the store.
 """
 
 from __future__ import annotations
 
 import contextlib
-import sys
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dask
+import numpy as np
 
 from convpipe._version import __version__
 from convpipe.config import Config
@@ -22,8 +25,10 @@ from convpipe.errors import ConfigError, ConvpipeError, RunError
 from convpipe.io import outputs
 from convpipe.io.inputs import InputSpec, open_input
 from convpipe.plan import Plan, bind
+from convpipe.progress import Progress
 
 LOCAL_SCHEDULERS = {"threads": "threads", "processes": "processes", "sync": "synchronous"}
+SCHEDULERS = (*LOCAL_SCHEDULERS, "local-cluster")
 
 
 def input_spec(config: Config) -> InputSpec:
@@ -53,41 +58,89 @@ def provenance(config: Config, plan: Plan) -> dict[str, Any]:
         },
         "steps": [{"filter": step.config.filter, "output_shape": list(step.out_shape)} for step in plan.steps],
         "blocks": plan.num_blocks,
+        "block_shape": list(plan.block_shape),
     }
 
 
+def _first_difference(recorded: Any, current: Any, place: str) -> str | None:
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        for key in sorted(set(recorded) | set(current), key=str):
+            found = _first_difference(recorded.get(key), current.get(key), f"{place}.{key}" if place else str(key))
+            if found:
+                return found
+        return None
+    if isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current):
+        for i, (old, new) in enumerate(zip(recorded, current, strict=True)):
+            found = _first_difference(old, new, f"{place}[{i}]")
+            if found:
+                return found
+        return None
+    if recorded != current:
+        return f"{place}: {recorded!r} when the output was started, {current!r} now"
+    return None
+
+
+def check_resumable(recorded: dict[str, Any], current: dict[str, Any]) -> None:
+    """A resume must continue the same computation: same convpipe, config, input, blocks."""
+    keys = ("version", "input", "blocks", "block_shape")
+    old = {k: recorded.get(k) for k in keys} | {"config": _without_overwrite(recorded.get("config"))}
+    new = {k: current.get(k) for k in keys} | {"config": _without_overwrite(current.get("config"))}
+    difference = _first_difference(old, new, "")
+    if difference:
+        raise ConfigError(f"--resume: the output was made differently, refusing to mix results ({difference})")
+
+
+def _without_overwrite(config: Any) -> Any:
+    if not isinstance(config, dict):
+        return config
+    output = {k: v for k, v in config.get("output", {}).items() if k != "overwrite"}
+    return {**config, "output": output}
+
+
 def check_scheduler(name: str) -> None:
-    if name not in LOCAL_SCHEDULERS and "://" not in name:
+    if name not in SCHEDULERS and "://" not in name:
         raise ConfigError(
-            f"--scheduler: must be threads, processes, sync or an address like tcp://host:8786 (got {name!r})"
+            f"--scheduler: must be threads, processes, sync, local-cluster or an address like tcp://host:8786 "
+            f"(got {name!r})"
         )
 
 
 @contextlib.contextmanager
-def scheduler(name: str, workers: int | None) -> Iterator[None]:
-    """Make ``name`` Dask's scheduler for the duration: a local one or a cluster's address."""
+def scheduler(name: str, workers: int | None, memory_limit: str | None = None) -> Iterator[None]:
+    """Make ``name`` Dask's scheduler for the duration."""
     check_scheduler(name)
     if name in LOCAL_SCHEDULERS:
         with dask.config.set(scheduler=LOCAL_SCHEDULERS[name], num_workers=workers):
             yield
         return
-    if "://" in name:
-        from distributed import Client
+    from distributed import Client, LocalCluster
 
-        try:
-            client = Client(name, timeout="10s")
-        except OSError as error:
-            raise RunError(f"--scheduler {name}: cannot reach the scheduler ({error})") from None
-        with client:
+    if name == "local-cluster":
+        cluster = LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            memory_limit=memory_limit or "auto",
+            dashboard_address=None,
+            processes=True,
+        )
+        with cluster, Client(cluster):
             yield
+        return
+    try:
+        client = Client(name, timeout="10s")
+    except OSError as error:
+        raise RunError(f"--scheduler {name}: cannot reach the scheduler ({error})") from None
+    with client:
+        yield
 
 
 @dataclass(frozen=True)
 class RunResult:
     plan: Plan
     output: str
-    blocks: int
+    blocks: int  # written by this run
     seconds: float
+    resumed_from: int = 0  # blocks already there when a resumed run started
 
 
 def run(
@@ -95,49 +148,66 @@ def run(
     *,
     scheduler_name: str = "threads",
     workers: int | None = None,
+    memory_limit: str | None = None,
     overwrite: bool | None = None,
-    progress: bool = False,
+    resume: bool = False,
+    progress: str | None = None,
 ) -> RunResult:
-    """Compute the chain and write it to ``config.output.path``; return what was done."""
+    """Compute the chain and write it to ``config.output.path``; return what was done.
+
+    ``resume`` finishes an interrupted output (only its missing blocks). ``progress`` is
+    ``"bar"`` (a terminal line), ``"log"`` (a line every 10 s) or None.
+    """
     overwrite = config.output.overwrite if overwrite is None else overwrite
-    spec = input_spec(config)
+    if overwrite and resume:
+        raise ConfigError("--resume and --overwrite: choose one (resume keeps the blocks already written)")
     check_scheduler(scheduler_name)
-    outputs.check_paths(spec.path, config.output.path, overwrite)
+    spec = input_spec(config)
+    out = config.output.path
+    outputs.check_paths(spec.path, out, replace=overwrite or resume)
     plan = make_plan(config)
+    record = provenance(config, plan)
+    if Path(out).exists():
+        outputs.check_unlocked(out)
+    resuming = resume and Path(out).exists()
+    if resuming:
+        status = outputs.read_status(out)
+        if status is None:
+            raise ConfigError(f"--resume: {out} is not a convpipe output")
+        check_resumable(status, record)
+        if status.get("complete"):
+            return RunResult(plan, out, 0, 0.0, resumed_from=plan.num_blocks)
     start = time.perf_counter()
     # Connect to the scheduler before touching the output: a bad address must not cost
     # the user an existing output.
-    with scheduler(scheduler_name, workers):
-        target = outputs.create(
-            config.output.path,
-            plan.output_shape,
-            plan.block_shape,
-            plan.output_dtype,
-            plan.axes,
-            provenance(config, plan),
-            overwrite,
-            config.output.codec,
-        )
-        graph = write_graph(plan, spec, outputs.write_block, target)
-        with _progress(progress):
-            try:
-                blocks = graph.compute()
-            except ConvpipeError:
-                raise
-            except OSError as error:
-                raise RunError(
-                    f"output {config.output.path}: writing failed ({error}); the output is incomplete"
-                ) from None
-    outputs.mark_complete(target)
-    return RunResult(plan, config.output.path, int(blocks), time.perf_counter() - start)
+    with scheduler(scheduler_name, workers, memory_limit):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        with outputs.locked(out):
+            if not resuming:
+                outputs.create(
+                    out, plan.output_shape, plan.block_shape, plan.output_dtype, plan.axes, record, config.output.codec
+                )
+            done = outputs.written_blocks(out) if resuming else set()
+            todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
+            graph = write_graph(plan, spec, outputs.write_block, outputs.prepare(out), todo)
+            with _progress(progress, out, plan):
+                try:
+                    written = graph.compute()
+                except ConvpipeError:
+                    raise
+                except OSError as error:
+                    raise RunError(f"output {out}: writing failed ({error}); the output is incomplete") from None
+            outputs.mark_complete(out)
+    return RunResult(plan, out, int(written), time.perf_counter() - start, resumed_from=len(done))
 
 
-@contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[None]:
-    if not enabled:
-        yield
-        return
-    from dask.diagnostics import ProgressBar
-
-    with ProgressBar(out=sys.stderr, dt=0.5):
-        yield
+def _progress(mode: str | None, out: str, plan: Plan) -> contextlib.AbstractContextManager[Any]:
+    if mode is None:
+        return contextlib.nullcontext()
+    input_bytes = float(np.prod(plan.input_shape)) * plan.input_dtype.itemsize
+    return Progress(
+        lambda: outputs.count_written(out),
+        plan.num_blocks,
+        input_bytes / plan.num_blocks,
+        terminal=mode == "bar",
+    )
