@@ -64,9 +64,29 @@ def reference_step(image: np.ndarray, step: StepPlan) -> np.ndarray:
     return (x - low) * (p["max"] - p["min"]) / (high - low) + p["min"]
 
 
+def intermediates(image: np.ndarray, plan: Plan) -> list[np.ndarray]:
+    """The input of every step, then the chain's output, in float64."""
+    images = [np.asarray(image, dtype=np.float64)]
+    for step in plan.steps:
+        images.append(reference_step(images[-1], step))
+    return images
+
+
 def reference(image: np.ndarray, plan: Plan) -> np.ndarray:
     """The chain on the whole image in memory, in float64."""
-    out = np.asarray(image, dtype=np.float64)
-    for step in plan.steps:
-        out = reference_step(out, step)
-    return out
+    return intermediates(image, plan)[-1]
+
+
+def rescale_is_well_conditioned(image: np.ndarray, plan: Plan) -> bool:
+    """False when a rescale step stretches a range so narrow that rounding noise decides it.
+
+    An image that is flat up to rounding (a constant blurred, say) has a "range" of a few ulps;
+    rescaling it magnifies rounding differences to the whole output range.
+    """
+    for step, before in zip(plan.steps, intermediates(image, plan), strict=False):
+        if isinstance(step.op, Pointwise) and step.op.needs_range and np.isfinite(before).any():
+            low, high = np.nanmin(before), np.nanmax(before)
+            scale = max(abs(low), abs(high), 1.0)
+            if 0 < high - low < 1e-6 * scale:
+                return False
+    return True

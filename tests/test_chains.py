@@ -13,7 +13,7 @@ import dask
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
-from reference import reference
+from reference import reference, rescale_is_well_conditioned
 from strategies import case
 
 import convpipe
@@ -55,6 +55,7 @@ def assert_matches_reference(got: np.ndarray, expected: np.ndarray, image: np.nd
 def test_chunked_chain_equals_whole_image_reference(example: Any) -> None:
     image, chunks, steps = example
     plan = bound(image, chunks, steps, "float64")
+    assume(rescale_is_well_conditioned(image, plan))
     expected = reference(image, plan)
     with dask.config.set(scheduler="sync"):
         got = convpipe.filter_array(image, steps, chunks=chunks, dtype="float64").compute()
@@ -71,6 +72,7 @@ def test_float32_computation_is_within_float32_rounding(example: Any) -> None:
     image, chunks, steps = example
     assume(not any(s["filter"] == "threshold" for s in steps))  # a step function amplifies rounding
     plan = bound(image, chunks, steps, "float32")
+    assume(rescale_is_well_conditioned(image, plan))
     assert plan.compute_dtype == np.float32
     expected = reference(image, plan)
     with dask.config.set(scheduler="sync"):

@@ -14,7 +14,7 @@ import tifffile
 import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from reference import reference
+from reference import reference, rescale_is_well_conditioned
 from strategies import case
 
 import convpipe
@@ -80,6 +80,8 @@ def test_run_through_files_equals_reference(example: Any, kind: str) -> None:
             plan = bind(config, image.shape, image.dtype, image.shape)
         except ConfigError:
             return  # an empty output: rejected before anything is written, tested elsewhere
+        if not rescale_is_well_conditioned(image, plan):
+            return
         with dask.config.set(scheduler="sync"):
             convpipe.run(config)
         out = zarr.open_array(str(folder / "out.zarr"), mode="r")

@@ -187,6 +187,8 @@ def run(
                 outputs.create(
                     out, plan.output_shape, plan.block_shape, plan.output_dtype, plan.axes, record, config.output.codec
                 )
+            if resuming:
+                outputs.remove_partial_writes(out)
             done = outputs.written_blocks(out) if resuming else set()
             todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
             graph = write_graph(plan, spec, outputs.write_block, outputs.prepare(out), todo)

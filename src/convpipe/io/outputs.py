@@ -185,7 +185,8 @@ def prepare(path: str) -> OutputSpec:
 def _open(spec: OutputSpec) -> Any:
     import zarr
 
-    return zarr.open_array(spec.path, mode="r+")
+    # Every block is written: skip zarr's scan for chunks that hold only the fill value.
+    return zarr.open_array(spec.path, mode="r+").with_config({"write_empty_chunks": True})
 
 
 def _marker(index: Sequence[int]) -> str:
@@ -205,6 +206,16 @@ def written_blocks(path: str) -> set[tuple[int, ...]]:
     except FileNotFoundError:
         return set()
     return {tuple(int(i) for i in name.split(".")) for name in names if name.replace(".", "").isdigit()}
+
+
+def remove_partial_writes(path: str) -> int:
+    """Delete what killed writers left: zarr writes a chunk to ``<key>.<uuid>.partial`` and
+    renames it, so a kill can leave such a file (never a half-written chunk)."""
+    removed = 0
+    for leftover in Path(path).rglob("*.partial"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
 
 
 def count_written(path: str) -> int:
