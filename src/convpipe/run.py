@@ -120,7 +120,7 @@ def scheduler(name: str, workers: int | None, memory_limit: str | None = None) -
             n_workers=workers or os.cpu_count() or 1,
             threads_per_worker=1,
             memory_limit=memory_limit or "auto",
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: never collide with another cluster
             processes=True,
         )
         with cluster, Client(cluster):
