@@ -47,9 +47,8 @@ def cli(debug: bool) -> None:
 @set_option
 @click.option(
     "--scheduler",
-    default="threads",
-    show_default=True,
-    help="threads, processes, sync, local-cluster, or a dask.distributed scheduler address (tcp://host:8786).",
+    help="threads (default), processes, sync, local-cluster, or a dask.distributed scheduler address "
+    "(tcp://host:8786). Without it, a config's cluster: section starts batch jobs.",
 )
 @click.option(
     "--workers", type=click.IntRange(min=1), help="Threads, processes or cluster workers (default: all cores)."
@@ -62,7 +61,7 @@ def cli(debug: bool) -> None:
 def run_command(
     config_path: Path,
     overrides: tuple[str, ...],
-    scheduler: str,
+    scheduler: str | None,
     workers: int | None,
     memory_limit: str | None,
     overwrite: bool,

@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from convpipe import filters
+from convpipe.cluster import ClusterConfig
 from convpipe.errors import ConfigError
 from convpipe.io.outputs import CODECS
 from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, one_of, per_axis
@@ -90,13 +91,14 @@ class OutputConfig(BaseModel):
 
 
 class Config(BaseModel):
-    """A whole, validated config: what to read, what to run, where to write."""
+    """A whole, validated config: what to read, what to run, where to write (and on what)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     input: InputConfig
     output: OutputConfig
     pipeline: tuple[filters.Step, ...]
+    cluster: ClusterConfig | None = None
     source: str | None = Field(None, description="the config file this came from")
 
     def resolved(self) -> dict[str, Any]:
@@ -109,6 +111,8 @@ class Config(BaseModel):
 
 
 SECTIONS: dict[str, type[BaseModel]] = {"input": InputConfig, "output": OutputConfig}
+OPTIONAL_SECTIONS: dict[str, type[BaseModel]] = {"cluster": ClusterConfig}
+ALL_SECTIONS = ("input", "output", "pipeline", *OPTIONAL_SECTIONS)
 
 
 def _place(prefix: str, loc: tuple[Any, ...]) -> str:
@@ -175,14 +179,15 @@ def from_dict(data: Any, base_dir: Path | str = ".", source: str | None = None) 
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: must be a mapping with input, output and pipeline (got {type(data).__name__})")
     for key in data:
-        if key not in ("input", "output", "pipeline"):
-            close = difflib.get_close_matches(str(key), ["input", "output", "pipeline"], n=1)
+        if key not in ALL_SECTIONS:
+            close = difflib.get_close_matches(str(key), ALL_SECTIONS, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(f"{key}: unknown section ({hint}allowed: input, output, pipeline)")
+            raise ConfigError(f"{key}: unknown section ({hint}allowed: {', '.join(ALL_SECTIONS)})")
     for key in ("input", "output", "pipeline"):
         if key not in data:
             raise ConfigError(f"{key}: is required")
     sections = {name: _validate(model, data[name], name) for name, model in SECTIONS.items()}
+    extras = {name: _validate(model, data[name], name) for name, model in OPTIONAL_SECTIONS.items() if name in data}
     pipeline = data["pipeline"]
     if not isinstance(pipeline, list) or not pipeline:
         raise ConfigError(f"pipeline: must be a non-empty list of steps (got {pipeline!r})")
@@ -196,7 +201,7 @@ def from_dict(data: Any, base_dir: Path | str = ".", source: str | None = None) 
     ]
     input_config = sections["input"].model_copy(update={"path": _absolute(base, sections["input"].path)})
     output_config = sections["output"].model_copy(update={"path": _absolute(base, sections["output"].path)})
-    return Config(input=input_config, output=output_config, pipeline=tuple(steps), source=source)
+    return Config(input=input_config, output=output_config, pipeline=tuple(steps), source=source, **extras)
 
 
 def _absolute(base: Path, path: str) -> str:

@@ -19,6 +19,7 @@ import dask
 import numpy as np
 
 from convpipe._version import __version__
+from convpipe.cluster import ClusterConfig, batch_cluster
 from convpipe.config import Config
 from convpipe.engine import write_graph
 from convpipe.errors import ConfigError, ConvpipeError, RunError
@@ -106,8 +107,15 @@ def check_scheduler(name: str) -> None:
 
 
 @contextlib.contextmanager
-def scheduler(name: str, workers: int | None, memory_limit: str | None = None) -> Iterator[None]:
-    """Make ``name`` Dask's scheduler for the duration."""
+def scheduler(
+    name: str, workers: int | None, memory_limit: str | None = None, cluster: ClusterConfig | None = None
+) -> Iterator[None]:
+    """Make ``name`` Dask's scheduler for the duration (``cluster``: the config's batch cluster)."""
+    if name == "cluster":
+        assert cluster is not None
+        with batch_cluster(cluster):
+            yield
+        return
     check_scheduler(name)
     if name in LOCAL_SCHEDULERS:
         with dask.config.set(scheduler=LOCAL_SCHEDULERS[name], num_workers=workers):
@@ -146,7 +154,7 @@ class RunResult:
 def run(
     config: Config,
     *,
-    scheduler_name: str = "threads",
+    scheduler_name: str | None = None,
     workers: int | None = None,
     memory_limit: str | None = None,
     overwrite: bool | None = None,
@@ -155,13 +163,17 @@ def run(
 ) -> RunResult:
     """Compute the chain and write it to ``config.output.path``; return what was done.
 
+    ``scheduler_name`` defaults to the config's ``cluster:`` if it has one, else threads.
     ``resume`` finishes an interrupted output (only its missing blocks). ``progress`` is
     ``"bar"`` (a terminal line), ``"log"`` (a line every 10 s) or None.
     """
+    if scheduler_name is None:
+        scheduler_name = "cluster" if config.cluster is not None else "threads"
     overwrite = config.output.overwrite if overwrite is None else overwrite
     if overwrite and resume:
         raise ConfigError("--resume and --overwrite: choose one (resume keeps the blocks already written)")
-    check_scheduler(scheduler_name)
+    if scheduler_name != "cluster":
+        check_scheduler(scheduler_name)
     spec = input_spec(config)
     out = config.output.path
     outputs.check_paths(spec.path, out, replace=overwrite or resume)
@@ -180,7 +192,7 @@ def run(
     start = time.perf_counter()
     # Connect to the scheduler before touching the output: a bad address must not cost
     # the user an existing output.
-    with scheduler(scheduler_name, workers, memory_limit):
+    with scheduler(scheduler_name, workers, memory_limit, config.cluster):
         Path(out).mkdir(parents=True, exist_ok=True)
         with outputs.locked(out):
             if not resuming:
