@@ -57,8 +57,10 @@ import contextlib
 import importlib.metadata
 import importlib.util
 import json
+import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -634,6 +636,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--volume", type=int, nargs=3, default=(256, 2048, 2048), metavar=("Z", "Y", "X"), help="3-D input shape"
     )
     ap.add_argument("--json", type=Path, default=OUT / "results.json", help="raw measurements (default %(default)s)")
+    ap.add_argument(
+        "--scale",
+        type=float,
+        nargs="*",
+        metavar="GIB",
+        help="instead: convpipe's edges chain on square uint16 inputs of these sizes in GiB (default 1 4 16)",
+    )
     worker = ap.add_argument_group("worker (internal: one measured run)")
     worker.add_argument("--run", nargs=2, metavar=("TOOL", "CASE"))
     worker.add_argument("--input")
@@ -758,8 +767,47 @@ def bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def scale(sizes: Sequence[float]) -> int:
+    """Peak memory and graph-building time as the image grows: they must not follow its size."""
+    import yaml
+
+    print_machine(machine())
+    rows = []
+    for gib in sizes:
+        side = max(512, int(math.sqrt(gib * 2**30 / 2)) // 512 * 512)
+        src = ensure_sample(DATA / f"scale-{side}.zarr", (side, side), SAMPLE_CHUNKS)
+        warm(src)
+        dst = RUNS / "scale.zarr"
+        remove(dst)
+        config = OUT / "configs" / "scale.yaml"
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text(yaml.safe_dump(convpipe_config("edges", src, dst), sort_keys=False))
+        result = measure([sys.executable, "-c", CONVPIPE_CLI, "run", str(config), "--overwrite"], dict(os.environ))
+        remove(dst)
+        if result["returncode"]:
+            print(result["stderr_tail"])
+            return 1
+        found = re.search(r"(\d+) blocks in ([\d.]+) s \(task graph ([\d.]+) s\)", result["stderr_tail"])
+        blocks, run_s, graph_s = (int(found[1]), float(found[2]), float(found[3])) if found else (0, 0.0, 0.0)
+        rows.append((gib, side, blocks, result["wall_s"], result["peak_rss"], graph_s, run_s))
+        print(f"  {gib:g} GiB ({side}²): {result['wall_s']:.1f} s, {result['peak_rss'] / 1e9:.2f} GB", flush=True)
+    print("\n| input | shape | blocks | wall s | input MB/s | peak RSS GB | task graph s (% of run) |")
+    print("|---|---|---|---|---|---|---|")
+    for gib, side, blocks, wall, rss, graph_s, run_s in rows:
+        share = 100 * graph_s / run_s if run_s else 0.0
+        print(
+            f"| {gib:g} GiB | {side}×{side} | {blocks} | {wall:.1f} | {side * side * 2 / 1e6 / wall:.0f} "
+            f"| {rss / 1e9:.2f} | {graph_s:.2f} ({share:.2f}%) |"
+        )
+    if len(rows) > 1:
+        print(f"\npeak RSS, largest vs smallest input: {rows[-1][4] / rows[0][4]:.2f}x")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.scale is not None:
+        return scale(args.scale or [1.0, 4.0, 16.0])
     if args.run:
         tool, case = args.run
         WORKERS[tool](case, args.input, args.output, args.chunks)

@@ -6,6 +6,7 @@ so ``convpipe plan`` and ``validate`` are instant and every number here is unit-
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -24,6 +25,13 @@ TARGET_BLOCK_BYTES = 16 * 2**20
 
 #: Per step, the engine holds the padded window and its result plus about two temporaries.
 ARRAYS_PER_STEP = 4
+
+#: What the convpipe process holds besides blocks: Python, numpy, Dask, zarr, OpenCV.
+PROCESS_BYTES = 120 * 2**20
+
+#: Blocks are not shrunk below this length to fit a memory budget: halos and per-task
+#: overheads would dominate.
+MIN_BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -127,8 +135,26 @@ class Plan:
         return read + work + written
 
     def memory_estimate(self, workers: int) -> int:
-        """Peak bytes for ``workers`` blocks computed at once."""
-        return workers * self.memory_per_block()
+        """Peak bytes of a run with ``workers`` blocks computed at once, the process included."""
+        return PROCESS_BYTES + workers * self.memory_per_block()
+
+    def fitted(self, budget: int, workers: int) -> Plan:
+        """The same plan with blocks halved (largest spatial axis first) until it fits ``budget``."""
+        plan = self
+        while plan.memory_estimate(workers) > budget:
+            block = list(plan.input_block)
+            axis = max(plan.spatial, key=lambda d: block[d])
+            stride = math.prod(s.axes[axis].stride for s in plan.steps)
+            smaller = max(stride, block[axis] // 2 // stride * stride)
+            if smaller >= block[axis] or block[axis] <= MIN_BLOCK:
+                raise ConfigError(
+                    f"--memory: {budget / 2**20:.0f} MiB is not enough for {workers} workers: blocks of "
+                    f"{tuple(block)} already need about {plan.memory_estimate(workers) / 2**20:.0f} MiB; "
+                    "use fewer --workers or a larger budget"
+                )
+            block[axis] = smaller
+            plan = dataclasses.replace(plan, input_block=tuple(block))
+        return plan
 
 
 def default_axes(ndim: int) -> str:

@@ -25,7 +25,7 @@ def default_workers() -> int:
     return os.cpu_count() or 1
 
 
-def describe_plan(plan: Plan, workers: int | None = None) -> str:
+def describe_plan(plan: Plan, workers: int | None = None, budget: int | None = None) -> str:
     """Each step's geometry, the block layout and the memory estimate (``convpipe plan``)."""
     workers = workers or default_workers()
     spatial = plan.spatial
@@ -62,7 +62,10 @@ def describe_plan(plan: Plan, workers: int | None = None) -> str:
         f"from input blocks of {plan.input_block}",
         f"tasks   {plan.task_count}" + (f" ({plan.range_passes} extra pass for rescale)" if plan.range_passes else ""),
         f"memory  about {_size(plan.memory_per_block())} per block in flight; "
-        f"estimated peak {_size(plan.memory_estimate(workers))} with {workers} workers",
+        f"estimated peak {_size(plan.memory_estimate(workers))} with {workers} workers"
+        + (f" (budget {_size(budget)})" if budget else ""),
+        "        (input block with its halo, each step's window and result, the output block;"
+        " plus about 120 MiB for the process)",
     ]
     return "\n".join(lines)
 

@@ -36,13 +36,17 @@ def input_spec(config: Config) -> InputSpec:
     return InputSpec(config.input.path, config.input.array, config.input.series, config.input.level)
 
 
-def make_plan(config: Config) -> Plan:
+def make_plan(config: Config, memory: int | None = None, workers: int | None = None) -> Plan:
     """Bind a config to its input's shape: every step's geometry and the block layout.
 
-    Opens the input's metadata only; no pixel is read.
+    Opens the input's metadata only; no pixel is read. With a ``memory`` budget (bytes for
+    the whole run with ``workers`` blocks at once) the default blocks shrink until it fits.
     """
     reader = open_input(input_spec(config))
-    return bind(config, reader.shape, reader.dtype, reader.chunks)
+    plan = bind(config, reader.shape, reader.dtype, reader.chunks)
+    if memory is not None:
+        plan = plan.fitted(memory, workers or os.cpu_count() or 1)
+    return plan
 
 
 def provenance(config: Config, plan: Plan) -> dict[str, Any]:
@@ -149,6 +153,7 @@ class RunResult:
     blocks: int  # written by this run
     seconds: float
     resumed_from: int = 0  # blocks already there when a resumed run started
+    graph_seconds: float = 0.0  # building the task graph, part of ``seconds``
 
 
 def run(
@@ -157,6 +162,7 @@ def run(
     scheduler_name: str | None = None,
     workers: int | None = None,
     memory_limit: str | None = None,
+    memory: int | None = None,
     overwrite: bool | None = None,
     resume: bool = False,
     progress: str | None = None,
@@ -177,7 +183,7 @@ def run(
     spec = input_spec(config)
     out = config.output.path
     outputs.check_paths(spec.path, out, replace=overwrite or resume)
-    plan = make_plan(config)
+    plan = make_plan(config, memory, workers)
     record = provenance(config, plan)
     if Path(out).exists():
         outputs.check_unlocked(out)
@@ -203,7 +209,9 @@ def run(
                 outputs.remove_partial_writes(out)
             done = outputs.written_blocks(out) if resuming else set()
             todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
+            graph_start = time.perf_counter()
             graph = write_graph(plan, spec, outputs.write_block, outputs.prepare(out), todo)
+            graph_seconds = time.perf_counter() - graph_start
             with _progress(progress, out, plan):
                 try:
                     written = graph.compute()
@@ -212,7 +220,8 @@ def run(
                 except OSError as error:
                     raise RunError(f"output {out}: writing failed ({error}); the output is incomplete") from None
             outputs.mark_complete(out)
-    return RunResult(plan, out, int(written), time.perf_counter() - start, resumed_from=len(done))
+    seconds = time.perf_counter() - start
+    return RunResult(plan, out, int(written), seconds, resumed_from=len(done), graph_seconds=graph_seconds)
 
 
 def _progress(mode: str | None, out: str, plan: Plan) -> contextlib.AbstractContextManager[Any]:
