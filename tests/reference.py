@@ -30,9 +30,16 @@ def windows(image: np.ndarray, step: StepPlan) -> np.ndarray:
 
 
 def correlate(image: np.ndarray, step: StepPlan, kernel: np.ndarray) -> np.ndarray:
+    """Sum of pixel x coefficient over the window's non-zero coefficients.
+
+    A pixel under a zero coefficient does not take part, so NaN or infinity there does not
+    reach the output (as in scipy.ndimage.correlate).
+    """
     view = windows(image, step)
-    ndim = image.ndim
-    return np.tensordot(view, kernel, axes=(list(range(ndim, 2 * ndim)), list(range(ndim))))
+    taps = kernel != 0
+    if not taps.any():
+        return np.zeros(view.shape[: image.ndim])
+    return view[..., taps] @ kernel[taps]
 
 
 def reference_step(image: np.ndarray, step: StepPlan) -> np.ndarray:
@@ -48,7 +55,8 @@ def reference_step(image: np.ndarray, step: StepPlan) -> np.ndarray:
         ordered = np.sort(flat, axis=-1)
         n = flat.shape[-1]
         rank = {"median": n // 2, "minimum": 0, "maximum": n - 1}[op.statistic]
-        return ordered[..., rank]
+        # NaN has no rank: a window that holds one gives NaN.
+        return np.where(np.isnan(flat).any(axis=-1), np.nan, ordered[..., rank])
     assert isinstance(op, Pointwise)
     x = windows(image, step)[(Ellipsis,) + (0,) * image.ndim]
     p = dict(op.params)

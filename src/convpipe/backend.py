@@ -13,7 +13,7 @@ starts at ``m * stride``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import cv2
@@ -126,6 +126,36 @@ def _polyphase_rows(window: np.ndarray, ky: np.ndarray, kx: np.ndarray, row_stri
     if total is None:
         return np.zeros((*window.shape[:-2], rows, len(range(*columns.indices(window.shape[-1])))), window.dtype)
     return total
+
+
+def exact(
+    window: np.ndarray, kernel: np.ndarray, stride: Stride, fast: Callable[[np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """Correlation as IEEE arithmetic term by term, for windows holding NaN or infinity.
+
+    ``fast`` computes the finite part (non-finite pixels set to 0). Then an output is NaN if a
+    non-zero coefficient meets a NaN, or meets both a +inf and a -inf term; otherwise +inf or
+    -inf if it meets such a term. Fast passes cannot give this by themselves: OpenCV and scipy
+    skip or regroup terms, and a NaN times a tiny coefficient must still be NaN.
+    """
+    bad = ~np.isfinite(window)
+    result = fast(np.where(bad, window.dtype.type(0), window))
+    if not bad.any():
+        return result
+
+    def meets(mask: np.ndarray, footprint: np.ndarray) -> np.ndarray:
+        if not mask.any() or not footprint.any():
+            return np.zeros(result.shape, dtype=bool)
+        return dense(mask.astype(window.dtype), footprint.astype(np.float64), stride) > 0.5
+
+    positive, negative = kernel > 0, kernel < 0
+    plus_inf, minus_inf = np.isposinf(window), np.isneginf(window)
+    gains_plus = meets(plus_inf, positive) | meets(minus_inf, negative)
+    gains_minus = meets(minus_inf, positive) | meets(plus_inf, negative)
+    nan = meets(np.isnan(window), kernel != 0) | (gains_plus & gains_minus)
+    result = np.where(gains_plus, window.dtype.type(np.inf), result)
+    result = np.where(gains_minus, window.dtype.type(-np.inf), result)
+    return np.where(nan, window.dtype.type(np.nan), result)
 
 
 def dense(window: np.ndarray, kernel: np.ndarray, stride: Stride) -> np.ndarray:

@@ -9,12 +9,13 @@ Plain numpy: the engine runs it inside Dask tasks, the tests call it directly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from convpipe.geometry import axis_gather, axis_needs
-from convpipe.ops import apply_op
+from convpipe.ops import apply_op, keeps_finite
 from convpipe.plan import StepPlan
 
 Reader = Callable[[Sequence[np.ndarray]], np.ndarray]
@@ -43,8 +44,12 @@ def run_step(
     have: Sequence[np.ndarray],
     wanted: Sequence[np.ndarray],
     value_range: ValueRange | None,
+    finite: bool = True,
 ) -> np.ndarray:
-    """Gather the windows of the wanted outputs from ``data`` (holding ``have``) and apply."""
+    """Gather the windows of the wanted outputs from ``data`` (holding ``have``) and apply.
+
+    ``finite``: ``data`` holds no NaN or infinity (it lets kernels take their fast paths).
+    """
     if any(len(w) == 0 for w in wanted):
         # Every output this block needs from here on comes from constant padding.
         return np.empty(tuple(len(w) for w in wanted), dtype=data.dtype)
@@ -60,7 +65,8 @@ def run_step(
             window = window[(slice(None),) * axis + (gather.take,)]
         else:
             window = np.take(window, gather.take, axis=axis)
-    result = apply_op(step.op, window, tuple(a.stride for a in step.axes), value_range)
+    finite = finite and (step.config.padding != "constant" or math.isfinite(step.config.cval))
+    result = apply_op(step.op, window, tuple(a.stride for a in step.axes), value_range, finite)
     for axis, gather in enumerate(gathers):
         if not isinstance(gather.keep, slice):
             result = np.take(result, gather.keep, axis=axis)
@@ -76,10 +82,17 @@ def compute_block(
 ) -> np.ndarray:
     """The chain's output over ``block`` (one [start, stop) per axis), in ``compute_dtype``."""
     needs = needed_indices(steps, block)
-    data = np.asarray(read(needs[0])).astype(compute_dtype, copy=False)
+    raw = np.asarray(read(needs[0]))
+    # Integers are always finite; float input is checked once, and finite stays finite
+    # through every step (overflow aside) but a threshold to infinity or an infinite cval.
+    finite = raw.dtype.kind in "biu" or bool(np.isfinite(raw).all())
+    data = raw.astype(compute_dtype, copy=False)
     for k, step in enumerate(steps):
         value_range = value_ranges[k] if value_ranges is not None else None
-        data = run_step(step, data, needs[k], needs[k + 1], value_range)
+        data = run_step(step, data, needs[k], needs[k + 1], value_range, finite)
+        finite = (
+            finite and keeps_finite(step.op) and (step.config.padding != "constant" or math.isfinite(step.config.cval))
+        )
     return data
 
 

@@ -98,8 +98,14 @@ class Linear:
     def expanded(self, ndim: int, spatial: Sequence[int]) -> Linear:
         return Linear(tuple(p.expanded(ndim, spatial) for p in self.parts))
 
-    def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
+    def apply(self, window: np.ndarray, stride: Stride, finite: bool = True) -> np.ndarray:
+        """``finite``: the window holds no NaN or infinity, so any exact rearrangement is fine."""
         size = self.size
+        if not finite:
+            # The definition, term by term: a pixel counts through the non-zero coefficients of
+            # the one effective kernel. Splitting a coefficient into parts, or a kernel into
+            # passes, could turn an infinity into NaN.
+            return backend.exact(window, self.kernel(), stride, lambda clean: self.apply(clean, stride))
         if len(self.parts) > 1 and math.prod(size) <= SMALL_KERNEL:
             # One pass of the combined kernel beats a pass per part (sharpen: 3x3).
             return backend.dense(window, self.kernel(), stride)
@@ -137,12 +143,12 @@ class Gradient:
     def expanded(self, ndim: int, spatial: Sequence[int]) -> Gradient:
         return Gradient(tuple(c.expanded(ndim, spatial) for c in self.components), self.magnitude)
 
-    def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
+    def apply(self, window: np.ndarray, stride: Stride, finite: bool = True) -> np.ndarray:
         if not self.magnitude:
-            return self.components[0].apply(window, stride)
+            return self.components[0].apply(window, stride, finite)
         total: np.ndarray | None = None
         for component in self.components:
-            derivative = component.apply(window, stride)
+            derivative = component.apply(window, stride, finite)
             np.square(derivative, out=derivative)
             total = derivative if total is None else np.add(total, derivative, out=total)
         assert total is not None
@@ -166,8 +172,14 @@ class Rank:
             size[axis] = length
         return Rank(self.statistic, tuple(size))
 
-    def apply(self, window: np.ndarray, stride: Stride) -> np.ndarray:
-        return backend.rank(window, self.statistic, self.size, stride)
+    def apply(self, window: np.ndarray, stride: Stride, finite: bool = True) -> np.ndarray:
+        result = backend.rank(window, self.statistic, self.size, stride)
+        missing = np.isnan(window) if not finite else None
+        if missing is not None and missing.any():
+            # NaN has no rank: an output whose window holds one is NaN, whatever the backend did.
+            touched = backend.rank(missing.astype(window.dtype), "maximum", self.size, stride) > 0
+            result = np.where(touched, window.dtype.type(np.nan), result)
+        return result
 
 
 @dataclass(frozen=True)
@@ -216,8 +228,17 @@ class Pointwise:
 Op = Linear | Gradient | Rank | Pointwise
 
 
-def apply_op(op: Op, window: np.ndarray, stride: Stride, value_range: tuple[float, float] | None) -> np.ndarray:
-    """Run any operation; only pointwise ``rescale`` takes the global range."""
+def apply_op(
+    op: Op, window: np.ndarray, stride: Stride, value_range: tuple[float, float] | None, finite: bool = True
+) -> np.ndarray:
+    """Run any operation; only ``rescale`` takes the global range, only kernels care if finite."""
     if isinstance(op, Pointwise):
         return op.apply(window, stride, value_range)
-    return op.apply(window, stride)
+    return op.apply(window, stride, finite)
+
+
+def keeps_finite(op: Op) -> bool:
+    """Whether finite input gives finite output (overflow aside): not so for a threshold to inf."""
+    if isinstance(op, Pointwise) and op.function == "threshold":
+        return all(math.isfinite(v) for k, v in op.params if k in ("above", "below") and v is not None)
+    return True

@@ -7,6 +7,7 @@ caches the handle), so no open file travels through the task graph.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,15 @@ class ArrayReader:
         self.chunks: tuple[int, ...] = tuple(int(c) for c in chunks) if chunks else self.shape
 
     def read(self, indices: Sequence[np.ndarray]) -> np.ndarray:
+        try:
+            return self._read(indices)
+        except Exception as error:  # a corrupt chunk or tile, a vanished file, a failing disk
+            where = ", ".join(f"{int(i[0])}:{int(i[-1]) + 1}" if len(i) else "-" for i in indices)
+            raise RunError(
+                f"input {self.description}: cannot read [{where}] ({type(error).__name__}: {error})"
+            ) from None
+
+    def _read(self, indices: Sequence[np.ndarray]) -> np.ndarray:
         selection: list[slice | np.ndarray] = []
         for index in indices:
             if len(index) and index[-1] - index[0] == len(index) - 1:
@@ -98,18 +108,39 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
     return ArrayReader(node, spec.path)
 
 
+def _check_tiff_data(tif: Any, series: Any) -> None:
+    """Every strip or tile of the series must lie inside the file: a truncated TIFF is an
+    error now, not zeros in the output later."""
+    size = tif.filehandle.size
+    for page in series.pages:
+        if page is None:
+            continue
+        offsets, counts = page.dataoffsets, page.databytecounts
+        if not offsets or len(offsets) != len(counts):
+            raise ValueError(f"page {page.index} has no image data")
+        if max(o + c for o, c in zip(offsets, counts, strict=True)) > size:
+            raise ValueError(f"page {page.index} points past the end of the file (truncated?)")
+
+
 def _open_tiff(spec: InputSpec) -> ArrayReader:
     import tifffile
     import zarr
 
+    tifffile_log = logging.getLogger("tifffile")
+    level = tifffile_log.level
+    tifffile_log.setLevel(logging.CRITICAL)  # its complaints become our one-line error
     try:
         with tifffile.TiffFile(spec.path) as tif:
             n_series = len(tif.series)
             n_levels = len(tif.series[spec.series].levels) if spec.series < n_series else 0
+            if spec.series < n_series and spec.level < n_levels:
+                _check_tiff_data(tif, tif.series[spec.series].levels[spec.level])
     except FileNotFoundError:
         raise RunError(f"input {spec.path}: no such file") from None
     except Exception as error:
         raise RunError(f"input {spec.path}: not a readable TIFF ({error})") from None
+    finally:
+        tifffile_log.setLevel(level)
     if spec.series >= n_series:
         raise ConfigError(f"input.series: {spec.path} has {n_series} series (0 to {n_series - 1}); got {spec.series}")
     if spec.level >= n_levels:
