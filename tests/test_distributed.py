@@ -16,6 +16,7 @@ import pytest
 import yaml
 import zarr
 
+import convpipe
 from convpipe.cli import main
 
 DASK = shutil.which("dask", path=str(Path(sys.executable).parent)) or shutil.which("dask")
@@ -123,3 +124,42 @@ def test_an_unreachable_scheduler_is_a_clear_error_and_writes_nothing(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot reach the scheduler" in err[0]
     assert not (folder / "out.zarr").exists()
+
+
+def test_a_killed_worker_is_replaced_and_the_output_is_still_right(tmp_path: Path) -> None:
+    """SIGKILL one worker process of a local cluster mid-run: Dask reruns its blocks."""
+    psutil = pytest.importorskip("psutil")
+    rng = np.random.default_rng(8)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=(rng.random((1024, 1024)) * 4000).astype(np.uint16))
+    steps = [{"filter": "median", "size": 5}, {"filter": "gaussian", "sigma": 3.0}]
+    data = {"input": {"path": "in.zarr", "chunks": [64, 64]}, "output": {"path": "out.zarr"}, "pipeline": steps}
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(data))
+    command = [sys.executable, "-c", "from convpipe.cli import main; main()", "run", str(config), "--quiet"]
+    process = subprocess.Popen(
+        [*command, "--scheduler", "local-cluster", "--workers", "2"], stderr=subprocess.PIPE, text=True
+    )
+    try:
+        markers = tmp_path / "out.zarr" / ".convpipe-blocks"
+        deadline = time.monotonic() + 120
+        while not (markers.exists() and len(list(markers.iterdir())) >= 20):
+            assert process.poll() is None and time.monotonic() < deadline, "the run ended too early"
+            time.sleep(0.05)
+        workers = [
+            child
+            for child in psutil.Process(process.pid).children(recursive=True)
+            if "spawn_main" in " ".join(child.cmdline()) or "forkserver" in " ".join(child.cmdline())
+        ]
+        assert workers, "no worker processes found"
+        workers[-1].kill()
+        _, err = process.communicate(timeout=180)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, err
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="r")
+    assert out.attrs["convpipe"]["complete"] is True
+    expected = convpipe.filter_array(
+        zarr.open_array(str(tmp_path / "in.zarr"), mode="r")[...], steps, chunks=(64, 64)
+    ).compute()
+    np.testing.assert_array_equal(out[...], expected)
