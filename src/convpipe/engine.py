@@ -23,6 +23,7 @@ from dask.highlevelgraph import HighLevelGraph
 
 from convpipe.block import ValueRange, compute_block, to_dtype
 from convpipe.io.inputs import ArrayReader, InputSpec, open_input
+from convpipe.memory import release_free_memory
 from convpipe.plan import Plan, StepPlan
 
 Source = InputSpec | np.ndarray
@@ -164,3 +165,4 @@ def _compute_and_write(
     job: ChainJob, index: tuple[int, ...], value_ranges: list[Any], write: Callable[..., Any], target: Any
 ) -> None:
     write(target, index, block_bounds(job.chunks, index), job.block(index, value_ranges))
+    release_free_memory()
