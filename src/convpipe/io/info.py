@@ -15,8 +15,13 @@ def _codecs(array: Any) -> list[str]:
     for codec in (*getattr(array, "filters", ()), *getattr(array, "compressors", ())):
         described = codec.to_dict() if hasattr(codec, "to_dict") else {"name": type(codec).__name__}
         config = described.get("configuration", {})
-        detail = config.get("cname") or config.get("level") or config.get("id")
-        names.append(f"{described.get('name', codec)}" + (f" ({detail})" if detail is not None else ""))
+        if "cname" in config:
+            detail = f" ({config['cname']}, level {config.get('clevel')}, {config.get('shuffle')})"
+        elif "level" in config:
+            detail = f" (level {config['level']})"
+        else:
+            detail = ""
+        names.append(f"{described.get('name', codec)}{detail}")
     return names
 
 
