@@ -176,3 +176,88 @@ def test_output_codec(tmp_path: Path, image: np.ndarray, codec: str, expected: s
     names = [c.to_dict()["name"] for c in written.compressors]
     assert names == ([expected] if expected else [])
     np.testing.assert_array_equal(written[...], convpipe.filter_array(image, config.resolved()["pipeline"]).compute())
+
+
+def ngff_image(folder: Path, image: np.ndarray, axes: str, version: str) -> Path:
+    """A two-level OME-Zarr image written by hand (NGFF 0.5 on Zarr v3, 0.4 on Zarr v2)."""
+    path = folder / "image.ome.zarr"
+    fmt = 3 if version == "0.5" else 2
+    group = zarr.open_group(str(path), mode="w", zarr_format=fmt)
+    group.create_array("0", data=image)
+    smaller = image[(slice(None),) * (image.ndim - 2) + (slice(None, None, 2), slice(None, None, 2))]
+    group.create_array("1", data=np.ascontiguousarray(smaller))
+    kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    multiscales = [
+        {
+            "axes": [{"name": a, "type": kinds[a]} for a in axes],
+            "datasets": [
+                {"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(axes)}]}
+                for level in (0, 1)
+            ],
+        }
+    ]
+    if version == "0.5":
+        group.attrs["ome"] = {"version": "0.5", "multiscales": multiscales}
+    else:
+        multiscales[0]["version"] = "0.4"
+        group.attrs["multiscales"] = multiscales
+    return path
+
+
+@pytest.mark.parametrize("version", ["0.5", "0.4"])
+def test_ome_zarr_input_gives_its_levels_and_axes(tmp_path: Path, version: str) -> None:
+    rng = np.random.default_rng(3)
+    image = (rng.random((2, 40, 36)) * 1000).astype(np.uint16)  # c, y, x
+    path = ngff_image(tmp_path, image, "cyx", version)
+    steps = [{"filter": "gaussian", "sigma": 1.0}]
+    for level, expected_input in ((0, image), (1, image[:, ::2, ::2])):
+        config = from_dict(
+            {
+                "input": {"path": str(path), "level": level},
+                "output": {"path": str(tmp_path / f"out{level}.zarr")},
+                "pipeline": steps,
+            }
+        )
+        plan = convpipe.make_plan(config)
+        assert plan.axes == "cyx"  # from the metadata: no axes key needed, c is not filtered
+        convpipe.run(config)
+        got = zarr.open_array(str(tmp_path / f"out{level}.zarr"), mode="r")
+        np.testing.assert_array_equal(got[...], convpipe.filter_array(expected_input, steps, axes="cyx").compute())
+        assert got.metadata.dimension_names == ("c", "y", "x")
+    config = from_dict({"input": {"path": str(path), "level": 2}, "output": {"path": "o.zarr"}, "pipeline": steps})
+    with pytest.raises(ConfigError, match=r"input.level: .* has 2 levels \(0 to 1\); got 2"):
+        convpipe.make_plan(config)
+
+
+def test_tiff_hyperstack_axes_come_from_the_file(tmp_path: Path) -> None:
+    rng = np.random.default_rng(4)
+    image = (rng.random((3, 2, 24, 20)) * 1000).astype(np.uint16)  # t, c, y, x
+    tifffile.imwrite(tmp_path / "stack.tif", image, imagej=True, metadata={"axes": "TCYX"})
+    config = from_dict(
+        {
+            "input": {"path": str(tmp_path / "stack.tif")},
+            "output": {"path": str(tmp_path / "o.zarr")},
+            "pipeline": [{"filter": "box"}],
+        }
+    )
+    assert convpipe.make_plan(config).axes == "tcyx"
+
+
+def test_our_own_output_reads_back_with_its_axes(tmp_path: Path, image: np.ndarray) -> None:
+    source = write_input(tmp_path, image, "zarr-v3")
+    first = from_dict(
+        {
+            "input": {**source, "axes": "yx"},
+            "output": {"path": str(tmp_path / "a.zarr")},
+            "pipeline": [{"filter": "box"}],
+        }
+    )
+    convpipe.run(first)
+    again = from_dict(
+        {
+            "input": {"path": str(tmp_path / "a.zarr")},
+            "output": {"path": str(tmp_path / "b.zarr")},
+            "pipeline": [{"filter": "box"}],
+        }
+    )
+    assert convpipe.make_plan(again).axes == "yx"

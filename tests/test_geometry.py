@@ -81,6 +81,14 @@ def test_padding_rows_match_the_spec(mode: str, row: str) -> None:
     assert shown == row
 
 
+def numpy_pad(values: np.ndarray, before: int, after: int, mode: str, fill: float) -> np.ndarray:
+    """The row padded by numpy.pad itself, constant modes filled with ``fill``."""
+    numpy_mode = PADDING_MODES[mode]
+    if numpy_mode == "constant":
+        return np.pad(values, (before, after), constant_values=fill)
+    return np.pad(values, (before, after), mode=numpy_mode)
+
+
 @given(
     n=st.integers(1, 9),
     before=st.integers(0, 30),
@@ -89,12 +97,7 @@ def test_padding_rows_match_the_spec(mode: str, row: str) -> None:
 )
 def test_padding_source_equals_numpy_pad_even_far_beyond_the_image(n: int, before: int, after: int, mode: str) -> None:
     values = np.arange(10, 10 + n)
-    numpy_mode = PADDING_MODES[mode]
-    expected = (
-        np.pad(values, (before, after), mode=numpy_mode)
-        if numpy_mode != "constant"
-        else np.pad(values, (before, after), constant_values=-1)
-    )
+    expected = numpy_pad(values, before, after, mode, fill=-1)
     sources = padding_source(np.arange(-before, n + after), n, mode)
     got = np.where(sources == CONSTANT, -1, values[np.maximum(sources, 0)])
     np.testing.assert_array_equal(got, expected)
@@ -136,12 +139,7 @@ def test_gathered_windows_equal_the_whole_padded_axis(
         return
     wanted = np.array(sorted(data.draw(st.sets(st.integers(0, step.n_out - 1), min_size=1))))
     values = np.arange(100.0, 100.0 + n)
-    numpy_mode = PADDING_MODES[mode]
-    padded = (
-        np.pad(values, (before, after), mode=numpy_mode)
-        if numpy_mode != "constant"
-        else np.pad(values, (before, after), constant_values=-7.0)
-    )
+    padded = numpy_pad(values, before, after, mode, fill=-7.0)
     expected = np.stack([padded[i * stride : i * stride + size] for i in wanted])
 
     have = axis_needs(wanted, step, mode)

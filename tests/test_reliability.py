@@ -363,3 +363,30 @@ def _run_cli(args: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), pytest.raises(SystemExit) as done:
         main(args)
     return int(done.value.code or 0), err.getvalue()
+
+
+# --- every bad config, end to end --------------------------------------------------------------
+
+
+def _catalogue() -> list[Any]:
+    from test_config import BIND_ERRORS, CONFIG_ERRORS
+
+    cases = [pytest.param(data, (40, 50), start, id=name) for name, data, start, _ in CONFIG_ERRORS]
+    cases += [pytest.param(data, shape, start, id=f"bind: {name}") for name, data, shape, start, _ in BIND_ERRORS]
+    return cases
+
+
+@pytest.mark.parametrize(("data", "shape", "start"), _catalogue())
+def test_every_bad_config_is_exit_2_one_line_and_creates_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], data: Any, shape: tuple[int, ...], start: str
+) -> None:
+    """The config catalogue of test_config.py, through `convpipe run` on a real input."""
+    zarr.create_array(str(tmp_path / "in.zarr"), data=np.zeros(shape, np.uint16))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    code, err = invoke(capsys, "run", config)
+    assert code == 2, err
+    assert_one_line(err)
+    assert err.startswith(f"convpipe: error: {start}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "config.yaml"])

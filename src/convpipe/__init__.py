@@ -15,9 +15,8 @@ or, on an array already in memory::
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from convpipe._version import __version__
@@ -27,6 +26,9 @@ from convpipe.engine import to_dask as _to_dask
 from convpipe.errors import ConfigError, ConvpipeError, RunError
 from convpipe.plan import Plan, bind
 from convpipe.run import RunResult, input_spec, make_plan, run
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 
 def to_dask(config: Config) -> da.Array:

@@ -4,7 +4,7 @@ OpenCV does the work on the last two axes of a block (one plane at a time): its 
 and small 2-D filters are SIMD-vectorised and release the GIL, 10–20x faster than
 scipy.ndimage on the same float32 block (README, "Performance"). Other axes (z in a volume)
 are handled as a sum of shifted, strided slices, and scipy.ndimage covers what OpenCV does not
-(float64 medians, medians wider than 5, non-square medians).
+(float64 medians, medians wider than 5, non-square medians), imported only then.
 
 Every function takes a window that already holds the padding and returns only the valid
 outputs, one every ``stride`` samples along each axis: output ``m`` reads the window that
@@ -18,7 +18,6 @@ from typing import Literal
 
 import cv2
 import numpy as np
-import scipy.ndimage as ndi
 
 # Dask runs one block per thread; OpenCV's own thread pool would only compete with it.
 cv2.setNumThreads(1)
@@ -225,6 +224,8 @@ def rank(
         planes = np.ascontiguousarray(window[(slice(None),) * (ndim - 2)])
         filtered = _per_plane(lambda plane: cv2.medianBlur(plane, size[-1]), planes)
         return filtered[valid_slices(size, window.shape, stride, centred=True)]
+    import scipy.ndimage as ndi  # imported here: only this fallback needs it
+
     function = {"median": ndi.median_filter, "minimum": ndi.minimum_filter, "maximum": ndi.maximum_filter}
     filtered = function[statistic](window, size=tuple(size), mode="constant")
     return filtered[valid_slices(size, window.shape, stride, centred=True)]

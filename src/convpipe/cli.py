@@ -124,7 +124,7 @@ def run_command(
         resumed = f" (resumed: {result.resumed_from} were already there)" if result.resumed_from else ""
         click.echo(
             f"wrote {result.output}: {plan.output_shape} {plan.output_dtype}, "
-            f"{result.blocks} blocks in {result.seconds:.1f} s (task graph {result.graph_seconds:.2f} s){resumed}",
+            f"{result.blocks} blocks in {result.seconds:.1f} s (task graph {result.graph_seconds:.3f} s){resumed}",
             err=True,
         )
 

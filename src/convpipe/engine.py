@@ -14,9 +14,8 @@ import math
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
@@ -25,6 +24,9 @@ from convpipe.block import ValueRange, compute_block, to_dtype
 from convpipe.io.inputs import ArrayReader, InputSpec, open_input
 from convpipe.memory import release_free_memory
 from convpipe.plan import Plan, StepPlan
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 Source = InputSpec | np.ndarray
 
@@ -133,6 +135,8 @@ def to_dask(plan: Plan, source: Source) -> da.Array:
     name = f"convpipe-{builder.token}"
     graph = HighLevelGraph.from_collections(name, builder.tasks, dependencies=())
     meta = np.empty((0,) * len(plan.output_shape), dtype=plan.output_dtype)
+    import dask.array as da  # the CLI never builds arrays: keep its start-up light
+
     return da.Array(graph, name, chunks=plan.chunks, dtype=plan.output_dtype, meta=meta)
 
 

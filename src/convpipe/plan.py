@@ -184,15 +184,28 @@ def default_block(
     return tuple(b if b >= n else max(s, b // s * s) for b, n, s in zip(block, shape, stride, strict=True))
 
 
-def bind(config: Config, shape: tuple[int, ...], dtype: np.dtype, storage_chunks: tuple[int, ...]) -> Plan:
-    """Bind a config to an input of this shape: reject what cannot work, before any reading."""
+def bind(
+    config: Config,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    storage_chunks: tuple[int, ...],
+    file_axes: str | None = None,
+) -> Plan:
+    """Bind a config to an input of this shape: reject what cannot work, before any reading.
+
+    Axes come from ``input.axes``, else from the file (``file_axes``: OME-Zarr axes, Zarr
+    dimension names, TIFF series axes), else the 2-D/3-D defaults.
+    """
     dtype = np.dtype(dtype)
     if dtype.kind not in "biuf" or dtype.kind == "b":
         raise ConfigError(
             f"input: dtype {dtype} is not supported "
             "(use integer or floating-point images: uint8, uint16, int16, float32, ...)"
         )
-    axes = config.input.axes or default_axes(len(shape))
+    if config.input.axes is None and file_axes is not None and len(file_axes) == len(shape):
+        axes = file_axes
+    else:
+        axes = config.input.axes or default_axes(len(shape))
     if len(axes) != len(shape):
         raise ConfigError(f"input.axes: {axes!r} names {len(axes)} axes but the input has {len(shape)} (shape {shape})")
     spatial = tuple(i for i, letter in enumerate(axes) if letter in SPATIAL_AXES)

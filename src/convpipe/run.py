@@ -43,7 +43,7 @@ def make_plan(config: Config, memory: int | None = None, workers: int | None = N
     the whole run with ``workers`` blocks at once) the default blocks shrink until it fits.
     """
     reader = open_input(input_spec(config))
-    plan = bind(config, reader.shape, reader.dtype, reader.chunks)
+    plan = bind(config, reader.shape, reader.dtype, reader.chunks, reader.axes)
     if memory is not None:
         plan = plan.fitted(memory, workers or os.cpu_count() or 1)
     return plan

@@ -42,9 +42,10 @@ class ArrayReader:
     chunks holding those samples are decoded.
     """
 
-    def __init__(self, array: Any, description: str) -> None:
+    def __init__(self, array: Any, description: str, axes: str | None = None) -> None:
         self.array = array
         self.description = description
+        self.axes = axes  # as the file names them (tczyx letters), if it does
         self.shape: tuple[int, ...] = tuple(int(n) for n in array.shape)
         self.dtype = np.dtype(array.dtype)
         chunks = getattr(array, "chunks", None)
@@ -85,9 +86,13 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
         raise RunError(f"input {spec.path}: no such file or directory") from None
     except Exception as error:
         raise RunError(f"input {spec.path}: not a readable Zarr array or group ({error})") from None
+    axes = None
     if isinstance(node, zarr.Group):
+        multiscales = _multiscales(node)
         arrays = sorted(name for name, _ in node.arrays())
         name = spec.array
+        if name is None and multiscales is not None:
+            name, axes = _ngff_level(multiscales, spec)
         if name is None:
             if len(arrays) != 1:
                 raise ConfigError(
@@ -105,7 +110,37 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
             raise ConfigError(f"input.array: {name!r} in {spec.path} is a group, not an array")
     elif spec.array is not None:
         raise ConfigError(f"input.array: {spec.path} is a single array, not a group; remove input.array")
-    return ArrayReader(node, spec.path)
+    if axes is None:
+        names = getattr(node.metadata, "dimension_names", None)
+        axes = _axis_letters(names) if names else None
+    return ArrayReader(node, spec.path, axes)
+
+
+def _multiscales(group: Any) -> list[dict[str, Any]] | None:
+    """OME-NGFF multiscales metadata: 0.5 keeps it under ``ome``, 0.4 at the top."""
+    attributes = dict(group.attrs)
+    found = attributes.get("ome", {}).get("multiscales") or attributes.get("multiscales")
+    return found if isinstance(found, list) and found else None
+
+
+def _ngff_level(multiscales: list[dict[str, Any]], spec: InputSpec) -> tuple[str, str | None]:
+    """The array path of ``input.level`` in an OME-Zarr image, and its axes."""
+    image = multiscales[0]
+    datasets = image.get("datasets", [])
+    if spec.level >= len(datasets):
+        raise ConfigError(
+            f"input.level: {spec.path} has {len(datasets)} levels (0 to {len(datasets) - 1}); got {spec.level}"
+        )
+    names = [axis.get("name") if isinstance(axis, dict) else axis for axis in image.get("axes", [])]
+    return str(datasets[spec.level]["path"]), _axis_letters(names)
+
+
+def _axis_letters(names: Sequence[Any]) -> str | None:
+    """Axis names as convpipe's letters (t, c, z, y, x), or None if they are not all of those."""
+    letters = "".join(str(n).lower() for n in names if n is not None)
+    if len(letters) != len(names) or len(set(letters)) != len(letters) or any(c not in "tczyx" for c in letters):
+        return None
+    return letters
 
 
 def _check_tiff_data(tif: Any, series: Any) -> None:
@@ -133,6 +168,7 @@ def _open_tiff(spec: InputSpec) -> ArrayReader:
         with tifffile.TiffFile(spec.path) as tif:
             n_series = len(tif.series)
             n_levels = len(tif.series[spec.series].levels) if spec.series < n_series else 0
+            axes = tif.series[spec.series].axes if spec.series < n_series else ""
             if spec.series < n_series and spec.level < n_levels:
                 _check_tiff_data(tif, tif.series[spec.series].levels[spec.level])
     except FileNotFoundError:
@@ -147,7 +183,7 @@ def _open_tiff(spec: InputSpec) -> ArrayReader:
         raise ConfigError(f"input.level: series {spec.series} has {n_levels} levels; got {spec.level}")
     # tifffile's Zarr store decodes only the tiles or strips a read touches.
     store = tifffile.imread(spec.path, aszarr=True, series=spec.series, level=spec.level)
-    return ArrayReader(zarr.open(store, mode="r"), spec.path)
+    return ArrayReader(zarr.open(store, mode="r"), spec.path, _axis_letters(list(axes.replace("S", "C"))))
 
 
 @functools.lru_cache(maxsize=16)
