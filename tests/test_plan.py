@@ -10,7 +10,7 @@ import pytest
 
 from convpipe.config import from_dict
 from convpipe.errors import ConfigError
-from convpipe.plan import PROCESS_BYTES, TARGET_BLOCK_BYTES, Plan, bind
+from convpipe.plan import MAX_CACHE_BYTES, PROCESS_BYTES, TARGET_BLOCK_BYTES, Plan, bind
 
 
 def plan_for(steps: list[dict[str, Any]], shape: tuple[int, ...], storage: tuple[int, ...], **inp: Any) -> Plan:
@@ -61,7 +61,11 @@ def test_memory_estimate_scales_with_block_and_workers_not_image() -> None:
     small = plan_for(steps, (4096, 4096), (512, 512), chunks=[1024, 1024])
     large = plan_for(steps, (65536, 65536), (512, 512), chunks=[1024, 1024])
     assert small.memory_per_block() == large.memory_per_block()
-    assert large.memory_estimate(4) - PROCESS_BYTES == 2 * (large.memory_estimate(2) - PROCESS_BYTES)
+    assert large.memory_estimate(4) - large.memory_estimate(2) == 2 * large.memory_per_block()
+    # The chunk cache holds about 1.5 layers of storage chunks, never more than a fixed cap.
+    assert large.cache_bytes == min(MAX_CACHE_BYTES, int(1.5 * 512 * 65536 * 2))
+    huge = plan_for(steps, (10**6, 10**6), (512, 512), chunks=[1024, 1024])
+    assert huge.cache_bytes == MAX_CACHE_BYTES
     bigger_blocks = plan_for(steps, (4096, 4096), (512, 512), chunks=[2048, 2048])
     assert bigger_blocks.memory_per_block() > 3 * small.memory_per_block()
     # At least the float32 block itself, the uint16 input read and the output.

@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 def to_dask(config: Config) -> da.Array:
     """The config's result as a lazy Dask array (compute it, slice it, or store it yourself)."""
-    return _to_dask(make_plan(config), input_spec(config))
+    plan = make_plan(config)
+    return _to_dask(plan, input_spec(config, plan))
 
 
 def filter_array(

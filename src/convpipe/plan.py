@@ -64,6 +64,13 @@ class Plan:
     compute_dtype: np.dtype
     output_dtype: np.dtype
     input_block: tuple[int, ...]
+    cache_bytes: int = -1  # decoded input chunks kept for neighbouring halos; -1: the default
+
+    def __post_init__(self) -> None:
+        if self.cache_bytes < 0:
+            object.__setattr__(
+                self, "cache_bytes", default_cache(self.input_shape, self.input_chunks, self.spatial, self.input_dtype)
+            )
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -136,11 +143,14 @@ class Plan:
 
     def memory_estimate(self, workers: int) -> int:
         """Peak bytes of a run with ``workers`` blocks computed at once, the process included."""
-        return PROCESS_BYTES + workers * self.memory_per_block()
+        return PROCESS_BYTES + self.cache_bytes + workers * self.memory_per_block()
 
     def fitted(self, budget: int, workers: int) -> Plan:
-        """The same plan with blocks halved (largest spatial axis first) until it fits ``budget``."""
+        """The same plan fitted to ``budget``: first without the chunk cache, then with blocks
+        halved (largest spatial axis first) until the estimate fits."""
         plan = self
+        if plan.memory_estimate(workers) > budget:
+            plan = dataclasses.replace(plan, cache_bytes=0)
         while plan.memory_estimate(workers) > budget:
             block = list(plan.input_block)
             axis = max(plan.spatial, key=lambda d: block[d])
@@ -155,6 +165,24 @@ class Plan:
             block[axis] = smaller
             plan = dataclasses.replace(plan, input_block=tuple(block))
         return plan
+
+
+#: The chunk cache never grows beyond this, however wide the image: memory stays bounded.
+MAX_CACHE_BYTES = 512 * 2**20
+
+
+def default_cache(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tuple[int, ...], dtype: np.dtype) -> int:
+    """Room for the decoded input chunks that neighbouring blocks' halos share.
+
+    Blocks run in row-major order, so a block's halo reaches back into chunks decoded a whole
+    row of blocks earlier: the cache holds about one and a half layers of storage chunks across
+    the slowest spatial axis (in 2-D, chunk rows the width of the image; in 3-D, chunk slabs).
+    """
+    if tuple(storage) == tuple(shape) or not spatial:
+        return 0
+    slow = spatial[0]
+    layer = storage[slow] * math.prod(n for d, n in enumerate(shape) if d != slow) * np.dtype(dtype).itemsize
+    return int(min(MAX_CACHE_BYTES, 1.5 * layer))
 
 
 def default_axes(ndim: int) -> str:

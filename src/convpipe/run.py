@@ -32,8 +32,10 @@ LOCAL_SCHEDULERS = {"threads": "threads", "processes": "processes", "sync": "syn
 SCHEDULERS = (*LOCAL_SCHEDULERS, "local-cluster")
 
 
-def input_spec(config: Config) -> InputSpec:
-    return InputSpec(config.input.path, config.input.array, config.input.series, config.input.level)
+def input_spec(config: Config, plan: Plan | None = None) -> InputSpec:
+    """Where the input is; with a plan, also how many decoded chunks each process may keep."""
+    cache = plan.cache_bytes if plan is not None else 0
+    return InputSpec(config.input.path, config.input.array, config.input.series, config.input.level, cache)
 
 
 def make_plan(config: Config, memory: int | None = None, workers: int | None = None) -> Plan:
@@ -210,7 +212,7 @@ def run(
             done = outputs.written_blocks(out) if resuming else set()
             todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
             graph_start = time.perf_counter()
-            graph = write_graph(plan, spec, outputs.write_block, outputs.prepare(out), todo)
+            graph = write_graph(plan, input_spec(config, plan), outputs.write_block, outputs.prepare(out), todo)
             graph_seconds = time.perf_counter() - graph_start
             with _progress(progress, out, plan):
                 try:

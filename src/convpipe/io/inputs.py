@@ -6,8 +6,11 @@ caches the handle), so no open file travels through the task graph.
 
 from __future__ import annotations
 
+import collections
 import functools
+import itertools
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +31,37 @@ class InputSpec:
     array: str | None = None
     series: int = 0
     level: int = 0
+    cache_bytes: int = 0  # decoded chunks kept for neighbouring blocks' halos
 
     @property
     def is_tiff(self) -> bool:
         return self.path.lower().endswith(TIFF_SUFFIXES)
+
+
+class ChunkCache:
+    """A least-recently-used cache of decoded storage chunks, bounded in bytes, thread-safe."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: collections.OrderedDict[tuple[int, ...], np.ndarray] = collections.OrderedDict()
+        self.size = 0
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[int, ...]) -> np.ndarray | None:
+        with self.lock:
+            value = self.items.pop(key, None)
+            if value is not None:
+                self.items[key] = value
+            return value
+
+    def put(self, key: tuple[int, ...], value: np.ndarray) -> None:
+        with self.lock:
+            old = self.items.pop(key, None)
+            self.size += value.nbytes - (old.nbytes if old is not None else 0)
+            self.items[key] = value
+            while self.size > self.limit and self.items:
+                _, evicted = self.items.popitem(last=False)
+                self.size -= evicted.nbytes
 
 
 class ArrayReader:
@@ -42,7 +72,7 @@ class ArrayReader:
     chunks holding those samples are decoded.
     """
 
-    def __init__(self, array: Any, description: str, axes: str | None = None) -> None:
+    def __init__(self, array: Any, description: str, axes: str | None = None, cache_bytes: int = 0) -> None:
         self.array = array
         self.description = description
         self.axes = axes  # as the file names them (tczyx letters), if it does
@@ -50,6 +80,48 @@ class ArrayReader:
         self.dtype = np.dtype(array.dtype)
         chunks = getattr(array, "chunks", None)
         self.chunks: tuple[int, ...] = tuple(int(c) for c in chunks) if chunks else self.shape
+        chunked = not isinstance(array, np.ndarray) and self.chunks != self.shape
+        self.cache = ChunkCache(cache_bytes) if chunked and cache_bytes > 0 else None
+
+    def _read_box(self, box: tuple[slice, ...]) -> np.ndarray:
+        """Read a box through the cache of decoded storage chunks.
+
+        A block's halo reaches into its neighbours' storage chunks; without the cache each of
+        those chunks is decoded again for every block that touches it.
+        """
+        assert self.cache is not None
+        grids = [range(b.start // c, (b.stop - 1) // c + 1) for b, c in zip(box, self.chunks, strict=True)]
+        found = {index: self.cache.get(index) for index in itertools.product(*grids)}
+        missing = [index for index, chunk in found.items() if chunk is None]
+        if missing:
+            # One read for the rectangle of chunks not cached (cached ones lie along its edges).
+            low = [min(i[d] for i in missing) for d in range(len(box))]
+            high = [max(i[d] for i in missing) + 1 for d in range(len(box))]
+            region = tuple(
+                slice(lo * c, min(hi * c, n)) for lo, hi, c, n in zip(low, high, self.chunks, self.shape, strict=True)
+            )
+            data = np.asarray(self.array[region])
+            for index in itertools.product(*(range(lo, hi) for lo, hi in zip(low, high, strict=True))):
+                local = tuple(
+                    slice((i - lo) * c, (i - lo + 1) * c) for i, lo, c in zip(index, low, self.chunks, strict=True)
+                )
+                chunk = data[local].copy()
+                self.cache.put(index, chunk)
+                if index in found:
+                    found[index] = chunk
+        out = np.empty(tuple(b.stop - b.start for b in box), dtype=self.dtype)
+        for index, chunk in found.items():
+            assert chunk is not None
+            starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
+            source = tuple(
+                slice(max(b.start - s, 0), min(b.stop - s, n)) for b, s, n in zip(box, starts, chunk.shape, strict=True)
+            )
+            target = tuple(
+                slice(max(s - b.start, 0), max(s - b.start, 0) + (src.stop - src.start))
+                for b, s, src in zip(box, starts, source, strict=True)
+            )
+            out[target] = chunk[source]
+        return out
 
     def read(self, indices: Sequence[np.ndarray]) -> np.ndarray:
         try:
@@ -68,6 +140,8 @@ class ArrayReader:
             else:
                 selection.append(np.asarray(index))
         if all(isinstance(s, slice) for s in selection):
+            if self.cache is not None:
+                return self._read_box(tuple(selection))  # type: ignore[arg-type]
             return np.asarray(self.array[tuple(selection)])
         if isinstance(self.array, np.ndarray):
             out = self.array
@@ -113,7 +187,7 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
     if axes is None:
         names = getattr(node.metadata, "dimension_names", None)
         axes = _axis_letters(names) if names else None
-    return ArrayReader(node, spec.path, axes)
+    return ArrayReader(node, spec.path, axes, spec.cache_bytes)
 
 
 def _multiscales(group: Any) -> list[dict[str, Any]] | None:
@@ -183,7 +257,9 @@ def _open_tiff(spec: InputSpec) -> ArrayReader:
         raise ConfigError(f"input.level: series {spec.series} has {n_levels} levels; got {spec.level}")
     # tifffile's Zarr store decodes only the tiles or strips a read touches.
     store = tifffile.imread(spec.path, aszarr=True, series=spec.series, level=spec.level)
-    return ArrayReader(zarr.open(store, mode="r"), spec.path, _axis_letters(list(axes.replace("S", "C"))))
+    return ArrayReader(
+        zarr.open(store, mode="r"), spec.path, _axis_letters(list(axes.replace("S", "C"))), spec.cache_bytes
+    )
 
 
 @functools.lru_cache(maxsize=16)
