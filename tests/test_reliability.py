@@ -390,3 +390,51 @@ def test_every_bad_config_is_exit_2_one_line_and_creates_nothing(
     assert_one_line(err)
     assert err.startswith(f"convpipe: error: {start}"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "config.yaml"])
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 160 KiB tmpfs: room for the output's metadata and a few blocks, not for all of them."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_really_full_disk_is_a_clear_error_and_never_complete(
+    tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(6)
+    source = tmp_path / "in.zarr"
+    zarr.create_array(str(source), data=(rng.random((256, 256)) * 60000).astype(np.uint16), chunks=(64, 64))
+    before = tree_digest(source)
+    data = {
+        "input": {"path": str(source), "chunks": [64, 64]},
+        "output": {"path": str(small_disk / "out.zarr")},
+        "pipeline": [{"filter": "gaussian", "sigma": 1.0}],
+    }
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(data))
+    code, err = invoke(capsys, "run", config, "--quiet")
+    assert code == 1
+    assert_one_line(err, "No space left on device")
+    assert tree_digest(source) == before
+    status = outputs.read_status(str(small_disk / "out.zarr"))
+    assert status is not None and status["complete"] is False
+    assert "partial" in describe(small_disk / "out.zarr", capsys)
+
+
+def test_a_missing_array_in_a_group_names_what_is_there(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    group = zarr.open_group(str(tmp_path / "in.zarr"), mode="w")
+    group.create_array("raw", data=np.zeros((8, 8), np.uint16))
+    group.create_array("mask", data=np.zeros((8, 8), np.uint8))
+    config = write_config(tmp_path, tmp_path / "in.zarr")
+    code, err = invoke(capsys, "run", config, "--set", "input.array=image")
+    assert code == 2
+    assert_one_line(err, "input.array", "'image'", "mask, raw")
+    assert not (tmp_path / "out.zarr").exists()
