@@ -62,15 +62,21 @@ def test_memory_estimate_scales_with_block_and_workers_not_image() -> None:
     large = plan_for(steps, (65536, 65536), (512, 512), chunks=[1024, 1024])
     assert small.memory_per_block() == large.memory_per_block()
     assert large.memory_estimate(4) - large.memory_estimate(2) == 2 * large.memory_per_block()
-    # The chunk cache holds about 1.5 layers of storage chunks, never more than a fixed cap.
-    assert large.cache_bytes == min(MAX_CACHE_BYTES, int(1.5 * 512 * 65536 * 2))
-    huge = plan_for(steps, (10**6, 10**6), (512, 512), chunks=[1024, 1024])
-    assert huge.cache_bytes == MAX_CACHE_BYTES
+    assert large.cache_bytes == 0  # 2-D: no chunk cache
     bigger_blocks = plan_for(steps, (4096, 4096), (512, 512), chunks=[2048, 2048])
     assert bigger_blocks.memory_per_block() > 3 * small.memory_per_block()
     # At least the float32 block itself, the uint16 input read and the output.
     assert small.memory_per_block() >= (1024 + 20) ** 2 * (4 + 2) + 1024**2 * 8
 
+
+
+def test_volumes_cache_about_one_and_a_half_chunk_slabs_never_more_than_the_cap() -> None:
+    steps = [{"filter": "gaussian", "sigma": 1.5}, {"filter": "sobel"}]
+    volume = plan_for(steps, (256, 2048, 2048), (32, 256, 256))
+    assert volume.cache_bytes == int(1.5 * 32 * 2048 * 2048 * 2)
+    huge = plan_for(steps, (4096, 65536, 65536), (32, 256, 256))
+    assert huge.cache_bytes == MAX_CACHE_BYTES
+    assert huge.memory_estimate(2) - huge.memory_estimate(1) == huge.memory_per_block()
 
 def test_halo_per_step_accumulates() -> None:
     steps = [{"filter": "gaussian", "sigma": 2}, {"filter": "sharpen"}, {"filter": "sobel", "stride": 2}]
