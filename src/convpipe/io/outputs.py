@@ -27,9 +27,9 @@ import numpy as np
 
 from convpipe.errors import ConfigError, RunError
 
-#: ``output.codec`` names. blosc-lz4 with byte shuffle is the default: it writes the edges
-#: output about 3.5x faster than zarr's default zstd, and smaller (README, "Performance").
-#: zstd is for archives: slower to write, a little smaller.
+#: ``output.codec`` names. blosc-lz4 with byte shuffle is the default: on the edges output it
+#: encodes faster than zstd and compresses better (README, "Performance"). zstd is for
+#: archives.
 CODECS = ("lz4", "zstd", "none")
 
 BLOCKS_DIR = ".convpipe-blocks"
