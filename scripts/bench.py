@@ -791,13 +791,13 @@ def scale(sizes: Sequence[float]) -> int:
         blocks, run_s, graph_s = (int(found[1]), float(found[2]), float(found[3])) if found else (0, 0.0, 0.0)
         rows.append((gib, side, blocks, result["wall_s"], result["peak_rss"], graph_s, run_s))
         print(f"  {gib:g} GiB ({side}²): {result['wall_s']:.1f} s, {result['peak_rss'] / 1e9:.2f} GB", flush=True)
-    print("\n| input | shape | blocks | wall s | input MB/s | peak RSS GB | task graph s (% of run) |")
+    print("\n| input | shape | blocks | wall s | input MB/s | peak RSS GB | task graph ms (% of run) |")
     print("|---|---|---|---|---|---|---|")
     for gib, side, blocks, wall, rss, graph_s, run_s in rows:
         share = 100 * graph_s / run_s if run_s else 0.0
         print(
             f"| {gib:g} GiB | {side}×{side} | {blocks} | {wall:.1f} | {side * side * 2 / 1e6 / wall:.0f} "
-            f"| {rss / 1e9:.2f} | {graph_s:.2f} ({share:.2f}%) |"
+            f"| {rss / 1e9:.2f} | {1000 * graph_s:.0f} ({share:.3f}%) |"
         )
     if len(rows) > 1:
         print(f"\npeak RSS, largest vs smallest input: {rows[-1][4] / rows[0][4]:.2f}x")

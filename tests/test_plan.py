@@ -69,7 +69,6 @@ def test_memory_estimate_scales_with_block_and_workers_not_image() -> None:
     assert small.memory_per_block() >= (1024 + 20) ** 2 * (4 + 2) + 1024**2 * 8
 
 
-
 def test_volumes_cache_about_one_and_a_half_chunk_slabs_never_more_than_the_cap() -> None:
     steps = [{"filter": "gaussian", "sigma": 1.5}, {"filter": "sobel"}]
     volume = plan_for(steps, (256, 2048, 2048), (32, 256, 256))
@@ -77,6 +76,7 @@ def test_volumes_cache_about_one_and_a_half_chunk_slabs_never_more_than_the_cap(
     huge = plan_for(steps, (4096, 65536, 65536), (32, 256, 256))
     assert huge.cache_bytes == MAX_CACHE_BYTES
     assert huge.memory_estimate(2) - huge.memory_estimate(1) == huge.memory_per_block()
+
 
 def test_halo_per_step_accumulates() -> None:
     steps = [{"filter": "gaussian", "sigma": 2}, {"filter": "sharpen"}, {"filter": "sobel", "stride": 2}]
