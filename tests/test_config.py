@@ -287,6 +287,8 @@ CONFIG_ERRORS = [
     ("zero chunk", with_input(chunks=[10, 0]), "input.chunks: ", ("item 1", ">= 1")),
     ("float chunk", with_input(chunks=[10, 10.5]), "input.chunks: ", ("item 1", "10.5")),
     ("negative series", with_input(series=-1), "input.series: ", (">= 0",)),
+    ("infinite cval", second_step(filter="box", padding="constant", cval=math.inf), "pipeline[1].cval: ", ("finite",)),
+    ("infinite amount", second_step(filter="sharpen", amount=-math.inf), "pipeline[1].amount: ", ("finite",)),
 ]
 
 

@@ -26,16 +26,12 @@ cv2.setNumThreads(1)
 Stride = Sequence[int]
 
 
-def valid_slices(size: Sequence[int], shape: Sequence[int], stride: Stride, centred: bool) -> tuple[slice, ...]:
-    """The valid, strided outputs of a filter of ``size``.
+def valid_slices(size: Sequence[int], shape: Sequence[int], stride: Stride) -> tuple[slice, ...]:
+    """The valid, strided outputs of a filter of ``size`` that wrote same-size output.
 
-    ``centred``: the filter wrote output m + F // 2 for the window starting at m, as OpenCV
-    and scipy.ndimage do; otherwise it wrote it at m.
+    OpenCV and scipy.ndimage write the window starting at m to output m + F // 2.
     """
-    return tuple(
-        slice(f // 2 if centred else 0, (f // 2 if centred else 0) + n - f + 1, s)
-        for f, n, s in zip(size, shape, stride, strict=True)
-    )
+    return tuple(slice(f // 2, f // 2 + n - f + 1, s) for f, n, s in zip(size, shape, stride, strict=True))
 
 
 def _planes(array: np.ndarray) -> list[tuple[int, ...]]:
@@ -119,7 +115,7 @@ def separable(window: np.ndarray, factors: Sequence[np.ndarray], stride: Stride)
     if stride[-2] > 1 and len(ky) >= 2 * stride[-2]:
         return _polyphase_rows(out, ky, kx, stride[-2], stride[-1])
     filtered = _per_plane(lambda plane: cv2.sepFilter2D(plane, -1, kx, ky, borderType=cv2.BORDER_CONSTANT), out)
-    return filtered[lead + valid_slices((len(ky), len(kx)), out.shape[-2:], stride[-2:], centred=True)]
+    return filtered[lead + valid_slices((len(ky), len(kx)), out.shape[-2:], stride[-2:])]
 
 
 def _polyphase_rows(window: np.ndarray, ky: np.ndarray, kx: np.ndarray, row_stride: int, col_stride: int) -> np.ndarray:
@@ -129,7 +125,7 @@ def _polyphase_rows(window: np.ndarray, ky: np.ndarray, kx: np.ndarray, row_stri
     phase is an ordinary (unstrided) pass over 1/S of the rows with 1/S of the taps.
     """
     rows = (window.shape[-2] - len(ky)) // row_stride + 1
-    columns = valid_slices((len(kx),), window.shape[-1:], (col_stride,), centred=True)[0]
+    columns = valid_slices((len(kx),), window.shape[-1:], (col_stride,))[0]
     total: np.ndarray | None = None
     for phase in range(row_stride):
         taps = ky[phase::row_stride]
@@ -188,7 +184,7 @@ def dense(window: np.ndarray, kernel: np.ndarray, stride: Stride) -> np.ndarray:
     lead_kernel = kernel.shape[:-2]
     counts = [(n - f) // s + 1 for n, f, s in zip(window.shape, kernel.shape, stride, strict=True)]
     out: np.ndarray | None = None
-    plane_slices = valid_slices(kernel.shape[-2:], window.shape[-2:], stride[-2:], centred=True)
+    plane_slices = valid_slices(kernel.shape[-2:], window.shape[-2:], stride[-2:])
     for offsets in np.ndindex(*lead_kernel):
         plane_kernel = np.asarray(kernel[offsets], dtype=np.float64)
         if not plane_kernel.any():
@@ -240,14 +236,14 @@ def rank(
             lambda plane: morph(plane, footprint, borderType=cv2.BORDER_CONSTANT, borderValue=0), reduced
         )
         lead = (slice(None),) * (ndim - 2)
-        return filtered[lead + valid_slices(size[-2:], reduced.shape[-2:], stride[-2:], centred=True)]
+        return filtered[lead + valid_slices(size[-2:], reduced.shape[-2:], stride[-2:])]
     square_2d = ndim >= 2 and all(s == 1 for s in size[:-2]) and size[-1] == size[-2] and size[-1] in (3, 5)
     if statistic == "median" and square_2d and window.dtype == np.float32:
         planes = np.ascontiguousarray(window[(slice(None),) * (ndim - 2)])
         filtered = _per_plane(lambda plane: cv2.medianBlur(plane, size[-1]), planes)
-        return filtered[valid_slices(size, window.shape, stride, centred=True)]
+        return filtered[valid_slices(size, window.shape, stride)]
     import scipy.ndimage as ndi  # imported here: only this fallback needs it
 
     function = {"median": ndi.median_filter, "minimum": ndi.minimum_filter, "maximum": ndi.maximum_filter}
     filtered = function[statistic](window, size=tuple(size), mode="constant")
-    return filtered[valid_slices(size, window.shape, stride, centred=True)]
+    return filtered[valid_slices(size, window.shape, stride)]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from convpipe.geometry import axis_gather, axis_needs
-from convpipe.ops import apply_op, keeps_finite
+from convpipe.ops import apply_op
 from convpipe.plan import StepPlan
 
 Reader = Callable[[Sequence[np.ndarray]], np.ndarray]
@@ -65,7 +65,6 @@ def run_step(
             window = window[(slice(None),) * axis + (gather.take,)]
         else:
             window = np.take(window, gather.take, axis=axis)
-    finite = finite and (step.config.padding != "constant" or math.isfinite(step.config.cval))
     result = apply_op(step.op, window, tuple(a.stride for a in step.axes), value_range, finite)
     for axis, gather in enumerate(gathers):
         if not isinstance(gather.keep, slice):
@@ -83,16 +82,15 @@ def compute_block(
     """The chain's output over ``block`` (one [start, stop) per axis), in ``compute_dtype``."""
     needs = needed_indices(steps, block)
     raw = np.asarray(read(needs[0]))
-    # Integers are always finite; float input is checked once, and finite stays finite
-    # through every step (overflow aside) but a threshold to infinity or an infinite cval.
+    # Integers are always finite; float input is checked once. Every parameter (cval,
+    # threshold values, weights) is finite, so finite input stays finite (overflow aside).
     finite = raw.dtype.kind in "biu" or bool(np.isfinite(raw).all())
     data = raw.astype(compute_dtype, copy=False)
     for k, step in enumerate(steps):
         value_range = value_ranges[k] if value_ranges is not None else None
         data = run_step(step, data, needs[k], needs[k + 1], value_range, finite)
-        finite = (
-            finite and keeps_finite(step.op) and (step.config.padding != "constant" or math.isfinite(step.config.cval))
-        )
+        if value_range is not None and not all(math.isfinite(v) for v in value_range):
+            finite = False  # rescaling by an infinite range makes NaN of finite pixels
     return data
 
 

@@ -236,9 +236,3 @@ def apply_op(
         return op.apply(window, stride, value_range)
     return op.apply(window, stride, finite)
 
-
-def keeps_finite(op: Op) -> bool:
-    """Whether finite input gives finite output (overflow aside): not so for a threshold to inf."""
-    if isinstance(op, Pointwise) and op.function == "threshold":
-        return all(math.isfinite(v) for k, v in op.params if k in ("above", "below") and v is not None)
-    return True

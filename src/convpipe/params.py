@@ -27,13 +27,13 @@ def _is_number(value: Any) -> bool:
 def number(value: Any) -> float:
     if not _is_number(value) or math.isnan(value):
         raise fail(f"must be a number (got {value!r})")
+    if math.isinf(value):
+        raise fail(f"must be a finite number (got {value:g})")
     return float(value)
 
 
 def positive(value: Any) -> float:
     value = number(value)
-    if math.isinf(value):
-        raise fail(f"must be a finite number (got {value:g})")
     if not value > 0:
         raise fail(f"must be > 0 (got {value:g})")
     return value
