@@ -130,7 +130,7 @@ def test_a_killed_worker_is_replaced_and_the_output_is_still_right(tmp_path: Pat
     """SIGKILL one worker process of a local cluster mid-run: Dask reruns its blocks."""
     psutil = pytest.importorskip("psutil")
     rng = np.random.default_rng(8)
-    zarr.create_array(str(tmp_path / "in.zarr"), data=(rng.random((1024, 1024)) * 4000).astype(np.uint16))
+    zarr.create_array(str(tmp_path / "in.zarr"), data=(rng.random((2048, 2048)) * 4000).astype(np.uint16))
     steps = [{"filter": "median", "size": 5}, {"filter": "gaussian", "sigma": 3.0}]
     data = {"input": {"path": "in.zarr", "chunks": [64, 64]}, "output": {"path": "out.zarr"}, "pipeline": steps}
     config = tmp_path / "c.yaml"

@@ -214,8 +214,8 @@ def test_nan_and_infinity_reach_only_the_outputs_that_see_them(example: Any) -> 
     except ConfigError:
         assume(False)
         return
-    assume(rescale_is_well_conditioned(image, plan))
     with np.errstate(all="ignore"):
+        assume(rescale_is_well_conditioned(image, plan))
         expected = reference(image, plan)
     with dask.config.set(scheduler="sync"):
         got = convpipe.filter_array(image, steps, chunks=chunks, dtype="float64").compute()
@@ -277,7 +277,7 @@ def test_a_full_disk_is_a_clear_error_and_the_output_stays_partial(
 def test_ctrl_c_stops_with_130_and_leaves_a_resumable_output(tmp_path: Path) -> None:
     rng = np.random.default_rng(4)
     path = tmp_path / "in.zarr"
-    zarr.create_array(str(path), data=(rng.random((1024, 1024)) * 4000).astype(np.uint16), chunks=(64, 64))
+    zarr.create_array(str(path), data=(rng.random((2048, 2048)) * 4000).astype(np.uint16), chunks=(64, 64))
     data = {
         "input": {"path": str(path), "chunks": [64, 64]},
         "output": {"path": "out.zarr"},

@@ -28,7 +28,7 @@ from convpipe.progress import Progress
 CHAIN = [{"filter": "gaussian", "sigma": 3.0}, {"filter": "median", "size": 5}, {"filter": "sobel"}]
 
 
-def make_input(folder: Path, shape: tuple[int, int] = (1536, 1536)) -> Path:
+def make_input(folder: Path, shape: tuple[int, int] = (2304, 2304)) -> Path:
     rng = np.random.default_rng(5)
     path = folder / "in.zarr"
     zarr.create_array(str(path), data=(rng.random(shape) * 60000).astype(np.uint16), chunks=(128, 128))
@@ -101,12 +101,12 @@ def test_a_killed_run_resumes_to_the_same_bytes(
     process.wait()
 
     shown = info(out, capsys)
-    assert "partial" in shown and "of 256 blocks" in shown
+    assert "partial" in shown and "of 576 blocks" in shown
     assert zarr.open_array(str(out), mode="r").attrs["convpipe"]["complete"] is False
 
     code, err = finish(convpipe(*args[:-4], "--resume", "--scheduler", scheduler))
     assert code == 0, err
-    assert "complete (256 blocks)" in info(out, capsys)
+    assert "complete (576 blocks)" in info(out, capsys)
     assert digest(out) == uninterrupted
 
 
@@ -181,8 +181,13 @@ def test_a_complete_output_keeps_no_markers_or_lock(tmp_path: Path) -> None:
 
 def test_progress_on_a_terminal_redraws_one_line() -> None:
     stream = io.StringIO()
-    counts = iter([0, 3, 7, 10, 10, 10])
-    with Progress(lambda: next(counts), 10, 4e6, terminal=True, interval=0.01, stream=stream):
+    done = [0]
+
+    def count() -> int:
+        done[0] = min(done[0] + 3, 10)
+        return done[0]
+
+    with Progress(count, 10, 4e6, terminal=True, interval=0.01, stream=stream):
         time.sleep(0.05)
     text = stream.getvalue()
     assert text.startswith("\r[") and text.endswith("\n")

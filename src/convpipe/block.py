@@ -65,7 +65,9 @@ def run_step(
             window = window[(slice(None),) * axis + (gather.take,)]
         else:
             window = np.take(window, gather.take, axis=axis)
-    result = apply_op(step.op, window, tuple(a.stride for a in step.axes), value_range, finite)
+    # NaN and infinity follow IEEE arithmetic on purpose: no warnings about them.
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        result = apply_op(step.op, window, tuple(a.stride for a in step.axes), value_range, finite)
     for axis, gather in enumerate(gathers):
         if not isinstance(gather.keep, slice):
             result = np.take(result, gather.keep, axis=axis)
