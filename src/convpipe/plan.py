@@ -47,10 +47,6 @@ class StepPlan:
     def out_shape(self) -> tuple[int, ...]:
         return tuple(a.n_out for a in self.axes)
 
-    @property
-    def in_shape(self) -> tuple[int, ...]:
-        return tuple(a.n_in for a in self.axes)
-
 
 @dataclass(frozen=True)
 class Plan:
