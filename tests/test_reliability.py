@@ -278,6 +278,7 @@ def test_ctrl_c_stops_with_130_and_leaves_a_resumable_output(tmp_path: Path) -> 
     rng = np.random.default_rng(4)
     path = tmp_path / "in.zarr"
     zarr.create_array(str(path), data=(rng.random((2048, 2048)) * 4000).astype(np.uint16), chunks=(64, 64))
+    input_bytes = tree_digest(path)
     data = {
         "input": {"path": str(path), "chunks": [64, 64]},
         "output": {"path": "out.zarr"},
@@ -302,6 +303,7 @@ def test_ctrl_c_stops_with_130_and_leaves_a_resumable_output(tmp_path: Path) -> 
     assert resumed.returncode == 0, resumed.stderr
     expected = convpipe.filter_array(zarr.open_array(str(path), mode="r")[...], data["pipeline"]).compute()
     np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[...], expected)
+    assert tree_digest(path) == input_bytes
 
 
 # --- fuzzing ----------------------------------------------------------------------------------
@@ -383,6 +385,7 @@ def test_every_bad_config_is_exit_2_one_line_and_creates_nothing(
     """The config catalogue of test_config.py, through `convpipe run` on a real input."""
     zarr.create_array(str(tmp_path / "in.zarr"), data=np.zeros(shape, np.uint16))
     before = sorted(p.name for p in tmp_path.iterdir())
+    input_bytes = tree_digest(tmp_path / "in.zarr")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(data))
     code, err = invoke(capsys, "run", config)
@@ -390,6 +393,7 @@ def test_every_bad_config_is_exit_2_one_line_and_creates_nothing(
     assert_one_line(err)
     assert err.startswith(f"convpipe: error: {start}"), err
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, "config.yaml"])
+    assert tree_digest(tmp_path / "in.zarr") == input_bytes
 
 
 @pytest.fixture
