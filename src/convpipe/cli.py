@@ -6,6 +6,7 @@ Exit status (SPEC §4): 0 success, 2 bad usage or config, 1 a failure while runn
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -210,6 +211,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"convpipe: error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
     except (click.Abort, KeyboardInterrupt):
+        # Blocks being written when the interrupt came still finish (and are marked) while
+        # the process exits; zarr's event loop would log their cancelled reads as errors.
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         click.echo("convpipe: interrupted", err=True)
         sys.exit(130)
     except ConvpipeError as error:
