@@ -182,9 +182,8 @@ def run(
         raise ConfigError("--resume and --overwrite: choose one (resume keeps the blocks already written)")
     if scheduler_name != "cluster":
         check_scheduler(scheduler_name)
-    spec = input_spec(config)
     out = config.output.path
-    outputs.check_paths(spec.path, out, replace=overwrite or resume)
+    outputs.check_paths(config.input.path, out, replace=overwrite or resume)
     plan = make_plan(config, memory, workers)
     record = provenance(config, plan)
     if Path(out).exists():
@@ -203,13 +202,14 @@ def run(
     with scheduler(scheduler_name, workers, memory_limit, config.cluster):
         Path(out).mkdir(parents=True, exist_ok=True)
         with outputs.locked(out):
-            if not resuming:
+            if resuming:
+                outputs.remove_partial_writes(out)
+                done = outputs.written_blocks(out)
+            else:
                 outputs.create(
                     out, plan.output_shape, plan.block_shape, plan.output_dtype, plan.axes, record, config.output.codec
                 )
-            if resuming:
-                outputs.remove_partial_writes(out)
-            done = outputs.written_blocks(out) if resuming else set()
+                done = set()
             todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
             graph_start = time.perf_counter()
             graph = write_graph(plan, input_spec(config, plan), outputs.write_block, outputs.prepare(out), todo)
