@@ -69,8 +69,6 @@ def cluster_kwargs(config: ClusterConfig) -> dict[str, Any]:
         value = getattr(config, key)
         if value is not None:
             kwargs[key] = value
-    if config.kind == "slurm" and config.account is None:
-        kwargs.pop("account", None)
     return kwargs
 
 
