@@ -65,8 +65,12 @@ def describe_plan(plan: Plan, workers: int | None = None, budget: int | None = N
         f"estimated peak {_size(plan.memory_estimate(workers))} with {workers} workers"
         + (f" (budget {_size(budget)})" if budget else ""),
         "        (input block with its halo, each step's window and result, the output block;"
-        f" plus {_size(plan.cache_bytes)} of decoded input chunks shared by neighbouring halos"
-        " and about 120 MiB for the process)",
+        + (
+            f" plus {_size(plan.cache_bytes)} of decoded input chunks shared by neighbouring halos"
+            if plan.cache_bytes
+            else ""
+        )
+        + " plus about 120 MiB for the process)",
     ]
     return "\n".join(lines)
 
