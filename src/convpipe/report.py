@@ -70,7 +70,7 @@ def describe_plan(plan: Plan, workers: int | None = None, budget: int | None = N
             if plan.cache_bytes
             else ""
         )
-        + " plus about 120 MiB for the process)",
+        + " about 120 MiB for the process)",
     ]
     return "\n".join(lines)
 
