@@ -66,9 +66,9 @@ def describe_plan(plan: Plan, workers: int | None = None, budget: int | None = N
         + (f" (budget {_size(budget)})" if budget else ""),
         "        (input block with its halo, each step's window and result, the output block;"
         + (
-            f" plus {_size(plan.cache_bytes)} of decoded input chunks shared by neighbouring halos"
+            f" plus {_size(plan.cache_bytes)} of decoded input chunks shared by neighbouring halos and"
             if plan.cache_bytes
-            else ""
+            else " plus"
         )
         + " about 120 MiB for the process)",
     ]
