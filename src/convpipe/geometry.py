@@ -210,17 +210,15 @@ def axis_gather(wanted: np.ndarray, have: np.ndarray, step: AxisStep, mode: str)
         keeps.append(offset // stride + np.arange(stop - start))
         offset += padded_length
     sources = np.concatenate(takes)
+    keep: slice | np.ndarray = np.concatenate(keeps)
+    if len(keeps) == 1:
+        # One run: trim the filler so the pass yields exactly the wanted outputs.
+        sources = sources[: (len(wanted) - 1) * stride + size]
+        keep = slice(None)
     constant = sources == CONSTANT
     local = np.searchsorted(have, sources)
     local[constant] = len(have)
-    keep = np.concatenate(keeps)
-    if len(keeps) == 1:
-        # One run: trim the filler so the pass yields exactly the wanted outputs.
-        local = local[: (len(wanted) - 1) * stride + size]
-        keep_: slice | np.ndarray = slice(None)
-    else:
-        keep_ = keep
     take: slice | np.ndarray = local
     if not constant.any() and (np.diff(local) == 1).all():
         take = slice(int(local[0]), int(local[-1]) + 1)
-    return AxisGather(take=take, keep=keep_, needs_constant=bool(constant.any()))
+    return AxisGather(take=take, keep=keep, needs_constant=bool(constant.any()))
