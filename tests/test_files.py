@@ -221,7 +221,8 @@ def test_ome_zarr_input_gives_its_levels_and_axes(tmp_path: Path, version: str) 
         plan = convpipe.make_plan(config)
         assert plan.axes == "cyx"  # from the metadata: no axes key needed, c is not filtered
         convpipe.run(config)
-        got = zarr.open_array(str(tmp_path / f"out{level}.zarr"), mode="r")
+        # An OME-Zarr input makes an OME-Zarr output by default: the image is its level "0".
+        got = zarr.open_array(str(tmp_path / f"out{level}.zarr" / "0"), mode="r")
         np.testing.assert_array_equal(got[...], convpipe.filter_array(expected_input, steps, axes="cyx").compute())
         assert got.metadata.dimension_names == ("c", "y", "x")
     config = from_dict({"input": {"path": str(path), "level": 2}, "output": {"path": "o.zarr"}, "pipeline": steps})

@@ -20,8 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from convpipe import filters
 from convpipe.cluster import ClusterConfig
 from convpipe.errors import ConfigError
-from convpipe.io.outputs import CODECS
-from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, one_of, per_axis
+from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, one_of, optional, per_axis
 
 SPATIAL_AXES = "zyx"
 AXIS_LETTERS = "tczyx"
@@ -58,6 +57,26 @@ def _dtype(value: Any) -> str:
     return str(value)
 
 
+#: ``output.format`` names; by default the output path's suffix or the input decides (``output_format``).
+FORMATS = ("zarr", "ome-zarr", "geotiff")
+
+#: ``output.codec`` names. blosc-lz4 with byte shuffle is the Zarr default: on the edges
+#: output it encodes faster than zstd and compresses better (README, "Performance").
+#: GeoTIFF has no lz4 and defaults to deflate, which every TIFF reader knows.
+CODECS = ("lz4", "zstd", "deflate", "none")
+
+#: OME-NGFF versions written: 0.5 on Zarr v3 (the default), 0.4 on Zarr v2 for older viewers.
+NGFF_VERSIONS = ("0.5", "0.4")
+
+
+def _ngff_version(value: Any) -> str:
+    # An unquoted 0.4 in YAML is a number: take it as the version it spells.
+    text = str(value) if isinstance(value, str | float) and not isinstance(value, bool) else repr(value)
+    if text not in NGFF_VERSIONS:
+        raise fail(f"must be one of {', '.join(NGFF_VERSIONS)} (got {value!r})")
+    return text
+
+
 def _chunks(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -85,8 +104,23 @@ class OutputConfig(BaseModel):
     path: Text = Field(description="the Zarr to write (relative to the config file)")
     dtype: Annotated[str, PlainValidator(_dtype)] = Field("float32", description="output dtype or `input`")
     overwrite: Boolean = Field(False, description="replace an existing output")
-    codec: Annotated[str, PlainValidator(one_of(*CODECS))] = Field(
-        "lz4", description="compression: lz4 (blosc, fast; default), zstd (smaller, slower) or none"
+    format: Annotated[str | None, PlainValidator(optional(one_of(*FORMATS)))] = Field(
+        None,
+        description="zarr, ome-zarr or geotiff (default: from the path's suffix, .ome.zarr or .tif; "
+        "else ome-zarr for an OME-Zarr input, zarr otherwise)",
+    )
+    codec: Annotated[str | None, PlainValidator(optional(one_of(*CODECS)))] = Field(
+        None, description="compression: lz4 (blosc; the Zarr default), zstd, deflate (the GeoTIFF default) or none"
+    )
+    chunks: Annotated[tuple[int, ...] | None, PlainValidator(_chunks), as_plain] = Field(
+        None, description="storage chunks (GeoTIFF: tiles), in output samples; default: one per block"
+    )
+    shards: Boolean = Field(False, description="Zarr v3 sharding: one shard per block, chunks inside it")
+    pyramid: Annotated[int, PlainValidator(integer(0))] = Field(
+        0, description="OME-Zarr: extra levels, each a 2x mean of the one before"
+    )
+    ngff_version: Annotated[str | None, PlainValidator(optional(_ngff_version))] = Field(
+        None, description="OME-Zarr: 0.5 (Zarr v3; the default) or 0.4 (Zarr v2)"
     )
 
 
@@ -286,6 +320,25 @@ def load(path: str | Path, overrides: tuple[str, ...] | list[str] = ()) -> Confi
         for assignment in overrides:
             apply_override(data, assignment)
     return from_dict(data, base_dir=path.parent, source=os.path.normpath(path.absolute()))
+
+
+def output_format(output: OutputConfig, input_kind: str) -> str:
+    """The format written: as asked, else by the path's suffix, else like the input."""
+    if output.format is not None:
+        return output.format
+    name = output.path.lower().rstrip("/")
+    if name.endswith((".tif", ".tiff")):
+        return "geotiff"
+    if name.endswith(".ome.zarr") or input_kind == "ome-zarr":
+        return "ome-zarr"
+    return "zarr"
+
+
+def output_codec(output: OutputConfig, format_name: str) -> str:
+    """The compression written: as asked, else the format's default."""
+    if output.codec is not None:
+        return output.codec
+    return "deflate" if format_name == "geotiff" else "lz4"
 
 
 def output_dtype(config: Config, input_dtype: np.dtype) -> np.dtype:

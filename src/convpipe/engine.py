@@ -10,9 +10,11 @@ This is the only module that knows Dask.
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import math
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +22,7 @@ import numpy as np
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
+from convpipe import pyramid
 from convpipe.block import ValueRange, compute_block, to_dtype
 from convpipe.io.inputs import ArrayReader, InputSpec, open_input
 from convpipe.memory import release_free_memory
@@ -144,6 +147,43 @@ def _count(*done: Any) -> int:
     return len(done)
 
 
+def _join(*blocks: np.ndarray) -> np.ndarray:
+    return np.concatenate(blocks, axis=-1)
+
+
+def strips(plan: Plan, source: Source) -> Iterator[np.ndarray]:
+    """The output as strips of one block row each, top to bottom (band after band), for
+    writers that must go in file order (GeoTIFF). The blocks of a strip are computed in
+    parallel, and the next strip while the caller writes this one: memory holds two strips.
+    """
+    builder = GraphBuilder(plan, source)
+    pending = [(k, key) for k, key in enumerate(builder.value_ranges) if key is not None]
+    if pending:  # the global ranges, once, not once per strip
+        final = f"convpipe-ranges-{builder.token}"
+        builder.tasks[final] = (tuple, [key for _, key in pending])
+        ranges = Delayed(final, HighLevelGraph.from_collections(final, builder.tasks, dependencies=())).compute()
+        for (k, _), value in zip(pending, ranges, strict=True):
+            builder.value_ranges[k] = value
+    grid = [range(len(c)) for c in plan.chunks]
+    rows = list(itertools.product(*grid[:-1]))  # every block index but the last axis (x)
+
+    def strip(row: tuple[int, ...]) -> np.ndarray:
+        builder.tasks = {}
+        keys = builder.block_tasks("convpipe-strip", _compute, indices=[(*row, j) for j in grid[-1]])
+        final = f"convpipe-strip-{builder.token}-{'.'.join(map(str, row))}"
+        builder.tasks[final] = (_join, *keys)
+        graph = HighLevelGraph.from_collections(final, builder.tasks, dependencies=())
+        return np.asarray(Delayed(final, graph).compute())
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ahead:
+        upcoming = ahead.submit(strip, rows[0]) if rows else None
+        for following in [*rows[1:], None]:
+            assert upcoming is not None
+            current = upcoming.result()
+            upcoming = ahead.submit(strip, following) if following is not None else None
+            yield current
+
+
 def write_graph(
     plan: Plan,
     source: Source,
@@ -170,3 +210,44 @@ def _compute_and_write(
 ) -> None:
     write(target, index, block_bounds(job.chunks, index), job.block(index, value_ranges))
     release_free_memory()
+
+
+def _pyramid_block(
+    read: Callable[..., np.ndarray],
+    write: Callable[..., Any],
+    target: Any,
+    level: int,
+    bounds: tuple[tuple[int, int], ...],
+    halved: tuple[int, ...],
+    source_shape: tuple[int, ...],
+    dtype: np.dtype,
+) -> None:
+    source = read(target, level - 1, pyramid.source_bounds(bounds, halved, source_shape))
+    write(target, level, bounds, pyramid.mean2(source, halved, dtype))
+    release_free_memory()
+
+
+def pyramid_graph(
+    plan: Plan, level: int, read: Callable[..., np.ndarray], write: Callable[..., Any], target: Any
+) -> Delayed:
+    """A Delayed that writes pyramid level ``level`` from the level below, a block per task.
+
+    Blocks have the chain's output block shape, which is whole chunks (and shards), so no
+    two tasks write the same chunk.
+    """
+    shapes = plan.level_shapes()
+    shape, source_shape = shapes[level], shapes[level - 1]
+    halved = plan.halved_axes(level)
+    block = plan.block_shape
+    token = uuid.uuid4().hex[:12]
+    tasks: dict[Any, Any] = {}
+    keys = []
+    grid = [range(0, n, b) for n, b in zip(shape, block, strict=True)]
+    for index, starts in enumerate(itertools.product(*grid)):
+        bounds = tuple((start, min(start + b, n)) for start, b, n in zip(starts, block, shape, strict=True))
+        key = (f"convpipe-level{level}-{token}", index)
+        tasks[key] = (_pyramid_block, read, write, target, level, bounds, halved, source_shape, plan.output_dtype)
+        keys.append(key)
+    final = f"convpipe-level{level}-done-{token}"
+    tasks[final] = (_count, *keys)
+    return Delayed(final, HighLevelGraph.from_collections(final, tasks, dependencies=()))

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convpipe import filters
-from convpipe.config import SPATIAL_AXES, Config, output_dtype
+from convpipe import coords, filters
+from convpipe.config import SPATIAL_AXES, Config, OutputConfig, output_codec, output_dtype, output_format
+from convpipe.coords import Frame
 from convpipe.errors import ConfigError, ParamError
 from convpipe.geometry import AxisStep, chain_halo, pad_widths
+from convpipe.io import ngff
 from convpipe.ops import Op
 
 #: Default processing block: storage chunks grown until a float32 block is about this big.
@@ -32,6 +34,26 @@ PROCESS_BYTES = 120 * 2**20
 #: Blocks are not shrunk below this length to fit a memory budget: halos and per-task
 #: overheads would dominate.
 MIN_BLOCK = 64
+
+#: Chunks inside a shard, by default: about 1 MiB, small enough for a viewer to fetch
+#: one tile at a time.
+INNER_CHUNK_BYTES = 2**20
+
+#: GeoTIFF tiles, by default (GDAL's default too); TIFF wants multiples of 16.
+TIFF_TILE = 256
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How the output is stored. Planned with the blocks, because blocks must tile the chunks:
+    no two blocks ever write into the same chunk (or shard, or TIFF tile)."""
+
+    format: str  # zarr, ome-zarr or geotiff
+    codec: str
+    chunks: tuple[int, ...] | None  # storage chunks / TIFF tiles; None: one per block
+    shards: bool = False  # Zarr v3 sharding, one shard per block
+    pyramid: int = 0  # OME-Zarr levels beyond the first
+    ngff_version: str = "0.5"
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,8 @@ class Plan:
     output_dtype: np.dtype
     input_block: tuple[int, ...]
     cache_bytes: int = -1  # decoded input chunks kept for neighbouring halos; -1: the default
+    storage: Storage = Storage("zarr", "lz4", None)
+    input_frame: Frame | None = None  # physical coordinates of the input; None: sample indices
 
     def __post_init__(self) -> None:
         if self.cache_bytes < 0:
@@ -85,6 +109,50 @@ class Plan:
             max(1, min(block // math.prod(s.axes[d].stride for s in steps), n))
             for d, (block, n) in enumerate(zip(self.input_block, shape, strict=True))
         )
+
+    @property
+    def storage_chunks(self) -> tuple[int, ...]:
+        """The output's storage chunks (inside a shard when sharded)."""
+        if self.storage.chunks is None:
+            return self.block_shape
+        return tuple(min(c, n) for c, n in zip(self.storage.chunks, self.output_shape, strict=True))
+
+    @property
+    def shard_shape(self) -> tuple[int, ...] | None:
+        """One shard per block, rounded up to whole chunks (zarr's rule)."""
+        if not self.storage.shards:
+            return None
+        return tuple(-(-b // c) * c for b, c in zip(self.block_shape, self.storage_chunks, strict=True))
+
+    @property
+    def output_frame(self) -> Frame:
+        """Where the output's samples are, in the input's physical coordinates."""
+        frame = self.input_frame or coords.identity(len(self.input_shape))
+        return coords.through_chain(frame, [s.axes for s in self.steps])
+
+    @property
+    def sample_frame(self) -> Frame:
+        """Where the output's samples are, in input sample indices (for GeoTIFF transforms)."""
+        return coords.through_chain(coords.identity(len(self.input_shape)), [s.axes for s in self.steps])
+
+    def halved_axes(self, level: int) -> tuple[int, ...]:
+        """The axes that pyramid level ``level`` (>= 1) halves: spatial ones still longer than 1."""
+        shape = self.level_shapes()[level - 1]
+        return tuple(d for d in self.spatial if shape[d] > 1)
+
+    def level_frames(self) -> list[Frame]:
+        """The output's frame and each pyramid level's."""
+        frames = [self.output_frame]
+        for level in range(1, self.storage.pyramid + 1):
+            frames.append(coords.halved(frames[-1], self.halved_axes(level)))
+        return frames
+
+    def level_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the output and of each pyramid level (2x mean per spatial axis, rounded up)."""
+        shapes = [self.output_shape]
+        for _ in range(self.storage.pyramid):
+            shapes.append(tuple(-(-n // 2) if d in self.spatial else n for d, n in enumerate(shapes[-1])))
+        return shapes
 
     @property
     def spatial(self) -> tuple[int, ...]:
@@ -150,8 +218,11 @@ class Plan:
         while plan.memory_estimate(workers) > budget:
             block = list(plan.input_block)
             axis = max(plan.spatial, key=lambda d: block[d])
-            stride = math.prod(s.axes[axis].stride for s in plan.steps)
-            smaller = max(stride, block[axis] // 2 // stride * stride)
+            # Blocks stay whole multiples of the strides and of the output's storage chunks.
+            unit = math.prod(s.axes[axis].stride for s in plan.steps)
+            if plan.storage.chunks is not None:
+                unit *= plan.storage_chunks[axis]
+            smaller = max(unit, block[axis] // 2 // unit * unit)
             if smaller >= block[axis] or block[axis] <= MIN_BLOCK:
                 raise ConfigError(
                     f"--memory: {budget / 2**20:.0f} MiB is not enough for {workers} workers: blocks of "
@@ -216,11 +287,15 @@ def bind(
     dtype: np.dtype,
     storage_chunks: tuple[int, ...],
     file_axes: str | None = None,
+    *,
+    frame: Frame | None = None,
+    input_kind: str = "array",
 ) -> Plan:
     """Bind a config to an input of this shape: reject what cannot work, before any reading.
 
     Axes come from ``input.axes``, else from the file (``file_axes``: OME-Zarr axes, Zarr
-    dimension names, TIFF series axes), else the 2-D/3-D defaults.
+    dimension names, TIFF series axes), else the 2-D/3-D defaults. ``frame`` is the input's
+    physical coordinates; ``input_kind`` (zarr, ome-zarr, tiff) picks the default format.
     """
     dtype = np.dtype(dtype)
     if dtype.kind not in "biuf" or dtype.kind == "b":
@@ -274,6 +349,13 @@ def bind(
     else:
         total_stride = tuple(math.prod(s.axes[d].stride for s in steps) for d in range(len(shape)))
         input_block = default_block(tuple(shape), tuple(storage_chunks), spatial, total_stride)
+    storage = plan_storage(config.output, input_kind, axes, current, out_dtype)
+    if storage.shards and storage.chunks is None:
+        total_stride = tuple(math.prod(s.axes[d].stride for s in steps) for d in range(len(shape)))
+        out_block = tuple(max(1, min(b // t, n)) for b, t, n in zip(input_block, total_stride, current, strict=True))
+        storage = dataclasses.replace(storage, chunks=_inner_chunks(out_block, spatial, out_dtype.itemsize))
+    if storage.chunks is not None:
+        input_block = align_block(input_block, storage.chunks, steps, current)
     return Plan(
         axes=axes,
         input_shape=tuple(shape),
@@ -283,4 +365,84 @@ def bind(
         compute_dtype=compute,
         output_dtype=out_dtype,
         input_block=input_block,
+        storage=storage,
+        input_frame=frame,
     )
+
+
+def align_block(
+    input_block: tuple[int, ...], chunks: tuple[int, ...], steps: list[StepPlan], output_shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The input block whose output is whole storage chunks: rounded down to a multiple of
+    the chunk (at least one), so that no chunk is shared by two blocks."""
+    aligned = []
+    for d, (block, chunk, n) in enumerate(zip(input_block, chunks, output_shape, strict=True)):
+        stride = math.prod(s.axes[d].stride for s in steps)
+        out_block = min(max(1, block // stride), n)
+        if out_block < n:
+            out_block = max(chunk, out_block // chunk * chunk)
+        aligned.append(out_block * stride)
+    return tuple(aligned)
+
+
+def _inner_chunks(block: tuple[int, ...], spatial: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    """Chunks of about INNER_CHUNK_BYTES inside a block-sized shard: halve the longest axis."""
+    chunks = list(block)
+    while math.prod(chunks) * itemsize > INNER_CHUNK_BYTES:
+        axis = max(spatial, key=lambda d: chunks[d])
+        if chunks[axis] <= 1:
+            break
+        chunks[axis] = -(-chunks[axis] // 2)
+    return tuple(chunks)
+
+
+def plan_storage(output: OutputConfig, input_kind: str, axes: str, shape: tuple[int, ...], dtype: np.dtype) -> Storage:
+    """Resolve the output's format and layout, and refuse combinations that cannot be written."""
+    format_name = output_format(output, input_kind)
+    codec = output_codec(output, format_name)
+    spatial = tuple(i for i, letter in enumerate(axes) if letter in SPATIAL_AXES)
+    chunks = output.chunks
+    if chunks is not None and len(chunks) != len(shape):
+        raise ConfigError(
+            f"output.chunks: needs one length per dimension ({len(shape)}, axes {axes}), got {len(chunks)}"
+        )
+    if output.pyramid and format_name != "ome-zarr":
+        raise ConfigError(
+            f"output.pyramid: only OME-Zarr outputs have pyramid levels (this output is {format_name}); "
+            "set output.format: ome-zarr"
+        )
+    if output.ngff_version is not None and format_name != "ome-zarr":
+        raise ConfigError(f"output.ngff_version: only for OME-Zarr outputs (this output is {format_name})")
+    ngff_version = output.ngff_version or "0.5"
+    if output.pyramid:
+        longest = max(shape[d] for d in spatial)
+        most = max(1, math.ceil(math.log2(longest)))
+        if output.pyramid > most:
+            raise ConfigError(
+                f"output.pyramid: {output.pyramid} levels would halve the output {shape} below one sample; "
+                f"at most {most}"
+            )
+    if output.shards:
+        if format_name == "geotiff" or (format_name == "ome-zarr" and ngff_version == "0.4"):
+            what = "GeoTIFF" if format_name == "geotiff" else "OME-Zarr 0.4 (Zarr v2)"
+            raise ConfigError(f"output.shards: {what} has no shards; shards need Zarr v3 (zarr, or ome-zarr 0.5)")
+        if chunks is None:
+            return Storage(format_name, codec, None, True, output.pyramid, ngff_version)
+    if format_name == "ome-zarr":
+        problem = ngff.axes_problem(axes)
+        if problem:
+            raise ConfigError(f"output.format: an OME-Zarr image cannot hold this output: {problem}")
+    if format_name == "geotiff":
+        if codec == "lz4":
+            raise ConfigError("output.codec: lz4 is not a TIFF compression; use deflate, zstd or none")
+        if axes not in ("yx", "cyx"):
+            raise ConfigError(
+                f"output.format: GeoTIFF holds 2-D rasters, axes yx (or cyx: bands); this output's axes are {axes}"
+            )
+        if chunks is None:
+            chunks = tuple(1 if letter == "c" else TIFF_TILE for letter in axes)
+        elif any(chunks[d] % 16 for d in spatial) or ("c" in axes and chunks[0] != 1):
+            raise ConfigError(
+                f"output.chunks: GeoTIFF tiles must be multiples of 16 along y and x (and 1 band), got {list(chunks)}"
+            )
+    return Storage(format_name, codec, chunks, output.shards, output.pyramid, ngff_version)

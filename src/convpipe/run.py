@@ -8,9 +8,10 @@ Everything before is pure planning, everything after is the store.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,9 @@ import numpy as np
 from convpipe._version import __version__
 from convpipe.cluster import ClusterConfig, batch_cluster
 from convpipe.config import Config
-from convpipe.engine import write_graph
+from convpipe.engine import pyramid_graph, strips, write_graph
 from convpipe.errors import ConfigError, ConvpipeError, RunError
-from convpipe.io import outputs
+from convpipe.io import geotiff, outputs
 from convpipe.io.inputs import InputSpec, open_input
 from convpipe.plan import Plan, bind
 from convpipe.progress import Progress
@@ -45,7 +46,9 @@ def make_plan(config: Config, memory: int | None = None, workers: int | None = N
     the whole run with ``workers`` blocks at once) the default blocks shrink until it fits.
     """
     reader = open_input(input_spec(config))
-    plan = bind(config, reader.shape, reader.dtype, reader.chunks, reader.axes)
+    plan = bind(
+        config, reader.shape, reader.dtype, reader.chunks, reader.axes, frame=reader.frame, input_kind=reader.kind
+    )
     if memory is not None:
         plan = plan.fitted(memory, workers or os.cpu_count() or 1)
     return plan
@@ -66,7 +69,27 @@ def provenance(config: Config, plan: Plan) -> dict[str, Any]:
         "steps": [{"filter": step.config.filter, "output_shape": list(step.out_shape)} for step in plan.steps],
         "blocks": plan.num_blocks,
         "block_shape": list(plan.block_shape),
+        "storage": {
+            "format": plan.storage.format,
+            "codec": plan.storage.codec,
+            "chunks": list(plan.storage_chunks),
+            "shards": list(plan.shard_shape) if plan.shard_shape else None,
+            "levels": len(plan.level_shapes()),
+        },
     }
+
+
+def geo_attributes(config: Config, plan: Plan) -> dict[str, Any]:
+    """The output's georeferencing, when the input is a GeoTIFF: under ``geo`` (and GDAL's ``_CRS``)."""
+    geo = open_input(input_spec(config)).geo
+    if geo is None or "x" not in plan.axes or "y" not in plan.axes:
+        return {}
+    moved = geo.through(plan.sample_frame, plan.axes)
+    attributes: dict[str, Any] = {"geo": moved.attributes()}
+    if moved.crs is not None:
+        code = moved.crs.split(":")[1]
+        attributes["_CRS"] = {"url": f"http://www.opengis.net/def/crs/EPSG/0/{code}"}
+    return attributes
 
 
 def _first_difference(recorded: Any, current: Any, place: str) -> str | None:
@@ -183,11 +206,20 @@ def run(
     if scheduler_name != "cluster":
         check_scheduler(scheduler_name)
     out = config.output.path
-    outputs.check_paths(config.input.path, out, replace=overwrite or resume)
     plan = make_plan(config, memory, workers)
+    format_name = plan.storage.format
+    outputs.check_paths(config.input.path, out, overwrite or resume, format_name)
     record = provenance(config, plan)
     if Path(out).exists():
-        outputs.check_unlocked(out)
+        outputs.check_unlocked(out, format_name)
+    if format_name == "geotiff":
+        if resume:
+            raise ConfigError(
+                "--resume: a GeoTIFF is written in one pass and cannot be resumed; run again with --overwrite "
+                "(or write output.format: zarr, which can)"
+            )
+        with scheduler(scheduler_name, workers, memory_limit, config.cluster):
+            return _run_geotiff(config, plan, record, progress)
     resuming = resume and Path(out).exists()
     if resuming:
         status = outputs.read_status(out)
@@ -206,32 +238,84 @@ def run(
                 outputs.remove_partial_writes(out)
                 done = outputs.written_blocks(out)
             else:
-                outputs.create(
-                    out, plan.output_shape, plan.block_shape, plan.output_dtype, plan.axes, record, config.output.codec
-                )
+                outputs.create(out, plan, record, geo_attributes(config, plan), name=Path(config.input.path).name)
                 done = set()
             todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
+            target = outputs.prepare(out, format_name)
             graph_start = time.perf_counter()
-            graph = write_graph(plan, input_spec(config, plan), outputs.write_block, outputs.prepare(out), todo)
+            graph = write_graph(plan, input_spec(config, plan), outputs.write_block, target, todo)
             graph_seconds = time.perf_counter() - graph_start
-            with _progress(progress, out, plan):
-                try:
-                    written = graph.compute()
-                except ConvpipeError:
-                    raise
-                except OSError as error:
-                    raise RunError(f"output {out}: writing failed ({error}); the output is incomplete") from None
+            with _progress(progress, out, plan), _writing(out):
+                written = graph.compute()
+                # The pyramid, level by level from the one below; redone whole after a resume.
+                for level in range(1, plan.storage.pyramid + 1):
+                    pyramid_graph(plan, level, outputs.read_level, outputs.write_level, target).compute()
             outputs.mark_complete(out)
     seconds = time.perf_counter() - start
     return RunResult(plan, out, int(written), seconds, resumed_from=len(done), graph_seconds=graph_seconds)
 
 
-def _progress(mode: str | None, out: str, plan: Plan) -> contextlib.AbstractContextManager[Any]:
+@contextlib.contextmanager
+def _writing(out: str) -> Iterator[None]:
+    """A failing disk is one message that says the output is incomplete."""
+    try:
+        yield
+    except ConvpipeError:
+        raise
+    except OSError as error:
+        raise RunError(f"output {out}: writing failed ({error}); the output is incomplete") from None
+
+
+def _run_geotiff(config: Config, plan: Plan, record: dict[str, Any], progress: str | None) -> RunResult:
+    """Write a GeoTIFF in file order, strip by strip, to a partial file renamed when whole:
+    the path only ever holds a complete file (or what was there before)."""
+    out = config.output.path
+    start = time.perf_counter()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(out).with_name(Path(out).name + PARTIAL_SUFFIX)
+    moved = open_input(input_spec(config)).geo
+    geo = moved.through(plan.sample_frame, plan.axes) if moved is not None else None
+    assert plan.storage.chunks is not None  # planned: TIFF tiles, which may exceed a small image
+    tile = (plan.storage.chunks[-2], plan.storage.chunks[-1])
+    done = [0]
+    per_strip = len(plan.chunks[-1])
+
+    def counted() -> Iterator[np.ndarray]:
+        for strip in strips(plan, input_spec(config, plan)):
+            done[0] += per_strip  # computed is done: the writer stops at its last tile
+            yield strip
+
+    with outputs.locked(out, "geotiff"):
+        try:
+            with _progress(progress, out, plan, lambda: done[0]), _writing(out):
+                geotiff.write(
+                    str(partial),
+                    counted(),
+                    plan.output_shape,
+                    plan.output_dtype,
+                    tile,
+                    plan.storage.codec,
+                    geo,
+                    {"convpipe": json.dumps({**record, "complete": True})},
+                )
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)
+    return RunResult(plan, out, plan.num_blocks, time.perf_counter() - start)
+
+
+#: A GeoTIFF is written under this suffix and renamed when whole.
+PARTIAL_SUFFIX = ".convpipe-partial"
+
+
+def _progress(
+    mode: str | None, out: str, plan: Plan, count: Callable[[], int] | None = None
+) -> contextlib.AbstractContextManager[Any]:
     if mode is None:
         return contextlib.nullcontext()
     input_bytes = float(np.prod(plan.input_shape)) * plan.input_dtype.itemsize
     return Progress(
-        lambda: outputs.count_written(out),
+        count or (lambda: outputs.count_written(out)),
         plan.num_blocks,
         input_bytes / plan.num_blocks,
         terminal=mode == "bar",

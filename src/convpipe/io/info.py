@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
+from convpipe.coords import Frame, is_identity
 from convpipe.errors import RunError
 from convpipe.io import outputs
-from convpipe.io.inputs import TIFF_SUFFIXES
+from convpipe.io.geotiff import GDAL_METADATA, read_geo
+from convpipe.io.inputs import TIFF_SUFFIXES, axis_letters
+from convpipe.io.metadata import ngff_frame, tiff_frame
 
 
 def _codecs(array: Any) -> list[str]:
@@ -39,19 +44,64 @@ def _zarr_array(array: Any, path: str) -> dict[str, Any]:
     names = getattr(array.metadata, "dimension_names", None)
     if names and all(isinstance(n, str) for n in names):
         info["axes"] = "".join(names)
-    status = array.attrs.get("convpipe")
+    return {**info, **_about(dict(array.attrs), path)}
+
+
+def _about(attributes: dict[str, Any], path: str) -> dict[str, Any]:
+    """Georeferencing and, for convpipe outputs, provenance and completeness."""
+    info: dict[str, Any] = {}
+    geo = attributes.get("geo")
+    if isinstance(geo, dict):
+        info["crs"] = geo.get("crs") or "user-defined (GeoKeys kept)"
+        info["geotransform"] = geo.get("geotransform")
+        if geo.get("nodata") is not None:
+            info["nodata"] = geo["nodata"]
+    status = attributes.get("convpipe")
     if isinstance(status, dict):
-        total = int(status.get("blocks", 0))
-        if status.get("complete"):
-            info["status"] = f"complete ({total} blocks)"
-        else:
-            written = outputs.count_written(path)
-            info["status"] = f"partial ({written} of {total} blocks written); finish it with convpipe run --resume"
-        info["made by"] = f"convpipe {status.get('version', '?')} from {status.get('config_file') or 'a config'}"
-        source = status.get("input", {})
-        info["input"] = f"{source.get('path')} {tuple(source.get('shape', []))} {source.get('dtype')}"
-        info["steps"] = [f"{s['filter']} -> {tuple(s['output_shape'])}" for s in status.get("steps", [])]
+        info.update(_status(status, path))
     return info
+
+
+def _status(status: dict[str, Any], path: str) -> dict[str, Any]:
+    info: dict[str, Any] = {}
+    total = int(status.get("blocks", 0))
+    if status.get("complete"):
+        info["status"] = f"complete ({total} blocks)"
+    else:
+        written = outputs.count_written(path)
+        info["status"] = f"partial ({written} of {total} blocks written); finish it with convpipe run --resume"
+    info["made by"] = f"convpipe {status.get('version', '?')} from {status.get('config_file') or 'a config'}"
+    source = status.get("input", {})
+    info["input"] = f"{source.get('path')} {tuple(source.get('shape', []))} {source.get('dtype')}"
+    info["steps"] = [f"{s['filter']} -> {tuple(s['output_shape'])}" for s in status.get("steps", [])]
+    return info
+
+
+def _frame(axes: str, frame: Frame) -> list[str]:
+    """One line per axis: spacing, unit and where sample 0 sits."""
+    return [
+        f"{letter}: spacing {axis.scale:g}{' ' + axis.unit if axis.unit else ''}, first sample at {axis.translation:g}"
+        for letter, axis in zip(axes, frame, strict=True)
+    ]
+
+
+def _ome_zarr(node: Any, path: str, image: dict[str, Any], version: str) -> dict[str, Any]:
+    axes = "".join(str(a.get("name", "?")) if isinstance(a, dict) else str(a) for a in image.get("axes", []))
+    info: dict[str, Any] = {"path": path, "format": f"OME-Zarr {version} (Zarr v{node.metadata.zarr_format} group)"}
+    info["axes"] = axes
+    levels = {}
+    for level, dataset in enumerate(image.get("datasets", [])):
+        try:
+            array = node[str(dataset["path"])]
+        except KeyError:
+            levels[f"{dataset['path']} (level {level})"] = {"missing": "the metadata names it but it is not there"}
+            continue
+        described = _zarr_array(array, str(Path(path) / str(dataset["path"])))
+        described.pop("axes", None)
+        described["coordinates"] = _frame(axes, ngff_frame(image, level)) if len(axes) == array.ndim else []
+        levels[f"{dataset['path']} (level {level})"] = described
+    info["arrays"] = levels
+    return {**info, **_about(dict(node.attrs), path)}
 
 
 def _zarr(path: str) -> dict[str, Any]:
@@ -63,6 +113,12 @@ def _zarr(path: str) -> dict[str, Any]:
         raise RunError(f"{path}: not a readable Zarr array or group ({error})") from None
     if isinstance(node, zarr.Array):
         return {"path": path, **_zarr_array(node, path)}
+    attributes = dict(node.attrs)
+    ome = attributes.get("ome") if isinstance(attributes.get("ome"), dict) else {}
+    multiscales = ome.get("multiscales") or attributes.get("multiscales")
+    if isinstance(multiscales, list) and multiscales and isinstance(multiscales[0], dict):
+        version = ome.get("version") or multiscales[0].get("version", "?")
+        return _ome_zarr(node, path, multiscales[0], str(version))
     members = {name: _zarr_array(array, str(Path(path) / name)) for name, array in sorted(node.arrays())}
     return {"path": path, "format": f"Zarr v{node.metadata.zarr_format} group", "arrays": members}
 
@@ -77,7 +133,7 @@ def _tiff(path: str) -> dict[str, Any]:
                 f"tiles {page.tilelength}x{page.tilewidth}" if page.is_tiled else f"strips of {page.rowsperstrip} rows"
             )
             kind = [name for name in ("ome", "imagej", "geotiff", "bigtiff") if getattr(tif, f"is_{name}", False)]
-            return {
+            info: dict[str, Any] = {
                 "path": path,
                 "format": "TIFF" + (f" ({', '.join(kind)})" if kind else ""),
                 "layout": layout,
@@ -92,8 +148,34 @@ def _tiff(path: str) -> dict[str, Any]:
                     for series in tif.series
                 ],
             }
+            axes = axis_letters(list(tif.series[0].axes.replace("S", "C")))
+            frame = tiff_frame(tif, 0, 0, axes)
+            if axes is not None and not is_identity(frame):
+                info["coordinates"] = _frame(axes, frame)
+            geo = read_geo(tif, axes)
+            if geo is not None:
+                info["crs"] = geo.crs or "user-defined (see its GeoKeys)"
+                info["geotransform"] = list(geo.geotransform)
+                if geo.nodata is not None:
+                    info["nodata"] = geo.nodata
+            made = _gdal_metadata(page).get("convpipe")
+            if made:
+                info.update(_status(json.loads(made), path))
+            return info
     except Exception as error:
         raise RunError(f"{path}: not a readable TIFF ({error})") from None
+
+
+def _gdal_metadata(page: Any) -> dict[str, str]:
+    """The items of GDAL's metadata tag (where convpipe's GeoTIFFs keep their provenance)."""
+    tag = page.tags.get(GDAL_METADATA)
+    if tag is None:
+        return {}
+    try:
+        root = ElementTree.fromstring(str(tag.value))
+    except ElementTree.ParseError:
+        return {}
+    return {item.get("name", ""): item.text or "" for item in root.iter("Item")}
 
 
 def describe(path: str) -> dict[str, Any]:

@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from convpipe.coords import Frame, identity
 from convpipe.errors import ConfigError, RunError
+from convpipe.io.geotiff import GeoInfo, read_geo
+from convpipe.io.metadata import ngff_frame, tiff_frame
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff")
 
@@ -72,16 +75,29 @@ class ArrayReader:
     chunks holding those samples are decoded.
     """
 
-    def __init__(self, array: Any, description: str, axes: str | None = None, cache_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        array: Any,
+        description: str,
+        axes: str | None = None,
+        cache_bytes: int = 0,
+        frame: Frame | None = None,
+        kind: str = "array",
+        geo: GeoInfo | None = None,
+    ) -> None:
         self.array = array
         self.description = description
         self.axes = axes  # as the file names them (tczyx letters), if it does
+        self.kind = kind  # "zarr", "ome-zarr", "tiff" or "array"
+        self.geo = geo  # GeoTIFF georeferencing, if the input has it
         self.shape: tuple[int, ...] = tuple(int(n) for n in array.shape)
         self.dtype = np.dtype(array.dtype)
         chunks = getattr(array, "chunks", None)
         self.chunks: tuple[int, ...] = tuple(int(c) for c in chunks) if chunks else self.shape
         chunked = not isinstance(array, np.ndarray) and self.chunks != self.shape
         self.cache = ChunkCache(cache_bytes) if chunked and cache_bytes > 0 else None
+        # Where each sample is, physically (identity when the file does not say).
+        self.frame: Frame = frame if frame is not None and len(frame) == len(self.shape) else identity(len(self.shape))
 
     def _read_box(self, box: tuple[slice, ...]) -> np.ndarray:
         """Read a box through the cache of decoded storage chunks.
@@ -161,12 +177,15 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
     except Exception as error:
         raise RunError(f"input {spec.path}: not a readable Zarr array or group ({error})") from None
     axes = None
+    frame = None
+    kind = "zarr"
     if isinstance(node, zarr.Group):
         multiscales = _multiscales(node)
         arrays = sorted(name for name, _ in node.arrays())
         name = spec.array
         if name is None and multiscales is not None:
-            name, axes = _ngff_level(multiscales, spec)
+            name, axes, frame = _ngff_level(multiscales, spec)
+            kind = "ome-zarr"
         if name is None:
             if len(arrays) != 1:
                 raise ConfigError(
@@ -186,8 +205,8 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
         raise ConfigError(f"input.array: {spec.path} is a single array, not a group; remove input.array")
     if axes is None:
         names = getattr(node.metadata, "dimension_names", None)
-        axes = _axis_letters(names) if names else None
-    return ArrayReader(node, spec.path, axes, spec.cache_bytes)
+        axes = axis_letters(names) if names else None
+    return ArrayReader(node, spec.path, axes, spec.cache_bytes, frame, kind)
 
 
 def _multiscales(group: Any) -> list[dict[str, Any]] | None:
@@ -197,8 +216,8 @@ def _multiscales(group: Any) -> list[dict[str, Any]] | None:
     return found if isinstance(found, list) and found else None
 
 
-def _ngff_level(multiscales: list[dict[str, Any]], spec: InputSpec) -> tuple[str, str | None]:
-    """The array path of ``input.level`` in an OME-Zarr image, and its axes."""
+def _ngff_level(multiscales: list[dict[str, Any]], spec: InputSpec) -> tuple[str, str | None, Frame | None]:
+    """The array path of ``input.level`` in an OME-Zarr image, its axes and frame."""
     image = multiscales[0]
     datasets = image.get("datasets", [])
     if spec.level >= len(datasets):
@@ -206,10 +225,10 @@ def _ngff_level(multiscales: list[dict[str, Any]], spec: InputSpec) -> tuple[str
             f"input.level: {spec.path} has {len(datasets)} levels (0 to {len(datasets) - 1}); got {spec.level}"
         )
     names = [axis.get("name") if isinstance(axis, dict) else axis for axis in image.get("axes", [])]
-    return str(datasets[spec.level]["path"]), _axis_letters(names)
+    return str(datasets[spec.level]["path"]), axis_letters(names), ngff_frame(image, spec.level)
 
 
-def _axis_letters(names: Sequence[Any]) -> str | None:
+def axis_letters(names: Sequence[Any]) -> str | None:
     """Axis names as convpipe's letters (t, c, z, y, x), or None if they are not all of those."""
     letters = "".join(str(n).lower() for n in names if n is not None)
     if len(letters) != len(names) or len(set(letters)) != len(letters) or any(c not in "tczyx" for c in letters):
@@ -243,8 +262,14 @@ def _open_tiff(spec: InputSpec) -> ArrayReader:
             n_series = len(tif.series)
             n_levels = len(tif.series[spec.series].levels) if spec.series < n_series else 0
             axes = tif.series[spec.series].axes if spec.series < n_series else ""
+            frame, geo = None, None
             if spec.series < n_series and spec.level < n_levels:
                 _check_tiff_data(tif, tif.series[spec.series].levels[spec.level])
+                letters = axis_letters(list(axes.replace("S", "C")))
+                frame = tiff_frame(tif, spec.series, spec.level, letters)
+                geo = read_geo(tif, letters)
+                if geo is not None:
+                    frame = geo.frame(frame, letters)
     except FileNotFoundError:
         raise RunError(f"input {spec.path}: no such file") from None
     except Exception as error:
@@ -258,7 +283,13 @@ def _open_tiff(spec: InputSpec) -> ArrayReader:
     # tifffile's Zarr store decodes only the tiles or strips a read touches.
     store = tifffile.imread(spec.path, aszarr=True, series=spec.series, level=spec.level)
     return ArrayReader(
-        zarr.open(store, mode="r"), spec.path, _axis_letters(list(axes.replace("S", "C"))), spec.cache_bytes
+        zarr.open(store, mode="r"),
+        spec.path,
+        axis_letters(list(axes.replace("S", "C"))),
+        spec.cache_bytes,
+        frame,
+        "tiff",
+        geo,
     )
 
 

@@ -21,28 +21,35 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from convpipe.errors import ConfigError, RunError
+from convpipe.io import ngff
 
-#: ``output.codec`` names. blosc-lz4 with byte shuffle is the default: on the edges output it
-#: encodes faster than zstd and compresses better (README, "Performance"). zstd is for
-#: archives.
-CODECS = ("lz4", "zstd", "none")
+if TYPE_CHECKING:
+    from convpipe.plan import Plan
 
 BLOCKS_DIR = ".convpipe-blocks"
 LOCK_FILE = ".convpipe-lock"
 
 
-def compressors(codec: str) -> tuple[Any, ...]:
-    from zarr.codecs import BloscCodec, ZstdCodec
+def compressors(codec: str, zarr_format: int = 3) -> tuple[Any, ...]:
+    """The codec chain for ``output.codec``: zarr v3 codecs, or numcodecs ones for Zarr v2."""
+    if zarr_format == 2:
+        from numcodecs import Blosc, GZip, Zstd
+
+        v2 = {"lz4": Blosc(cname="lz4", clevel=5, shuffle=Blosc.SHUFFLE), "zstd": Zstd(level=3), "deflate": GZip(5)}
+        return (v2[codec],) if codec in v2 else ()
+    from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
 
     if codec == "lz4":
         return (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),)
     if codec == "zstd":
         return (ZstdCodec(level=3),)
+    if codec == "deflate":
+        return (GzipCodec(level=5),)
     return ()
 
 
@@ -52,6 +59,11 @@ class OutputSpec:
 
     path: str
     run_id: str  # keys the per-process handle cache, so no run writes through a stale one
+    array: str = ""  # the level-0 array inside the output ("0" in an OME-Zarr group)
+
+    @property
+    def array_path(self) -> str:
+        return str(Path(self.path) / self.array) if self.array else self.path
 
 
 def is_zarr(path: Path) -> bool:
@@ -62,10 +74,11 @@ def _inside(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def check_paths(input_path: str | None, output_path: str, replace: bool) -> None:
+def check_paths(input_path: str | None, output_path: str, replace: bool, format_name: str = "zarr") -> None:
     """Refuse outputs that would touch the input or clobber something unasked (SPEC §5).
 
-    ``replace``: the run may write into an existing output (``--overwrite`` or ``--resume``).
+    ``replace``: the run may write over an existing output (``--overwrite`` or ``--resume``);
+    even then only a Zarr store (a TIFF file, for GeoTIFF outputs) is replaced.
     """
     out = Path(output_path).resolve()
     if input_path is not None:
@@ -77,8 +90,19 @@ def check_paths(input_path: str | None, output_path: str, replace: bool) -> None
     if out.exists():
         if not replace:
             raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
-        if not is_zarr(out):
+        if format_name == "geotiff":
+            if not _is_tiff(out):
+                raise ConfigError(f"output.path: {out} exists and is not a TIFF file; refusing to replace it")
+        elif not is_zarr(out):
             raise ConfigError(f"output.path: {out} exists and is not a Zarr store; refusing to replace it")
+
+
+def _is_tiff(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+    except OSError:
+        return False
 
 
 # --- the lock --------------------------------------------------------------------------------
@@ -104,9 +128,15 @@ def _alive(holder: dict[str, Any]) -> bool:
     return True
 
 
-def check_unlocked(path: str) -> None:
+def lock_file(path: str, format_name: str = "zarr") -> Path:
+    """Inside a Zarr output; beside a GeoTIFF (a file cannot hold it)."""
+    out = Path(path)
+    return out.with_name(out.name + LOCK_FILE) if format_name == "geotiff" else out / LOCK_FILE
+
+
+def check_unlocked(path: str, format_name: str = "zarr") -> None:
     """Refuse to touch an output that a live run is writing."""
-    lock = Path(path) / LOCK_FILE
+    lock = lock_file(path, format_name)
     if lock.exists():
         holder = _holder(lock)
         if _alive(holder):
@@ -118,10 +148,10 @@ def check_unlocked(path: str) -> None:
 
 
 @contextlib.contextmanager
-def locked(path: str) -> Iterator[None]:
+def locked(path: str, format_name: str = "zarr") -> Iterator[None]:
     """Hold the output's lock for the duration; a lock left by a killed run is taken over."""
-    lock = Path(path) / LOCK_FILE
-    check_unlocked(path)
+    lock = lock_file(path, format_name)
+    check_unlocked(path, format_name)
     lock.unlink(missing_ok=True)  # stale: its run is dead
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
     try:
@@ -139,46 +169,73 @@ def locked(path: str) -> Iterator[None]:
 # --- writing ---------------------------------------------------------------------------------
 
 
-def create(
-    path: str,
-    shape: tuple[int, ...],
-    chunks: tuple[int, ...],
-    dtype: np.dtype,
-    axes: str,
-    attributes: dict[str, Any],
-    codec: str = "lz4",
-) -> None:
-    """Create the empty output array, marked incomplete, with its provenance.
+def level_path(format_name: str, level: int = 0) -> str:
+    """Where a level's array lives inside the output ("" is the output itself)."""
+    return str(level) if format_name == "ome-zarr" else ""
 
-    An existing output at ``path`` is replaced; the caller holds its lock.
+
+def create(
+    path: str, plan: Plan, attributes: dict[str, Any], extra: dict[str, Any] | None = None, name: str = "image"
+) -> None:
+    """Create the empty output, marked incomplete, with its provenance (and NGFF metadata).
+
+    A Zarr output is one array; an OME-Zarr output is a group holding level ``0`` and the
+    pyramid levels. An existing output at ``path`` is replaced; the caller holds its lock.
     """
     import zarr
 
+    storage = plan.storage
     target = Path(path)
     for entry in target.iterdir() if target.exists() else ():
         if entry.name != LOCK_FILE:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    zarr_format = 2 if storage.format == "ome-zarr" and storage.ngff_version == "0.4" else 3
+    status = {**(extra or {}), "convpipe": {**attributes, "complete": False}}
     try:
-        zarr.create_array(
-            store=str(target),
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            compressors=compressors(codec),
-            dimension_names=list(axes),
-            attributes={"convpipe": {**attributes, "complete": False}},
-            fill_value=0,
-            zarr_format=3,
-            overwrite=True,
-        )
+        if storage.format == "ome-zarr":
+            frames = plan.level_frames()
+            metadata = ngff.group_attributes(plan.axes, frames, name, storage.ngff_version)
+            group = zarr.open_group(str(target), mode="w", zarr_format=zarr_format, attributes={**metadata, **status})
+            for level, shape in enumerate(plan.level_shapes()):
+                _create_array(group, str(level), plan, shape, zarr_format, {})
+        else:
+            _create_array(str(target), None, plan, plan.output_shape, 3, status)
         (target / BLOCKS_DIR).mkdir()
     except OSError as error:
         raise RunError(f"output {path}: cannot create it ({error.strerror or error})") from None
 
 
-def prepare(path: str) -> OutputSpec:
+def _create_array(
+    where: Any, name: str | None, plan: Plan, shape: tuple[int, ...], zarr_format: int, attributes: dict[str, Any]
+) -> None:
+    import zarr
+
+    chunks = tuple(min(c, n) for c, n in zip(plan.storage_chunks, shape, strict=True))
+    shards = plan.shard_shape
+    options: dict[str, Any] = {
+        "shape": shape,
+        "chunks": chunks,
+        "dtype": plan.output_dtype,
+        "compressors": compressors(plan.storage.codec, zarr_format),
+        "fill_value": 0,
+        "attributes": attributes,
+        "overwrite": True,
+    }
+    if zarr_format == 3:
+        options["dimension_names"] = list(plan.axes)
+        if shards is not None:
+            options["shards"] = tuple(max(s, c) for s, c in zip(shards, chunks, strict=True))
+    else:
+        options["chunk_key_encoding"] = {"name": "v2", "separator": "/"}  # NGFF 0.4 wants "/"
+    if name is None:
+        zarr.create_array(store=where, zarr_format=zarr_format, **options)
+    else:
+        where.create_array(name, **options)
+
+
+def prepare(path: str, format_name: str = "zarr") -> OutputSpec:
     """The handle every writer uses for this run."""
-    return OutputSpec(path, uuid.uuid4().hex)
+    return OutputSpec(path, uuid.uuid4().hex, level_path(format_name))
 
 
 @functools.lru_cache(maxsize=8)
@@ -186,7 +243,24 @@ def _open(spec: OutputSpec) -> Any:
     import zarr
 
     # Every block is written: skip zarr's scan for chunks that hold only the fill value.
-    return zarr.open_array(spec.path, mode="r+").with_config({"write_empty_chunks": True})
+    return zarr.open_array(spec.array_path, mode="r+").with_config({"write_empty_chunks": True})
+
+
+@functools.lru_cache(maxsize=32)
+def _open_level(spec: OutputSpec, level: int) -> Any:
+    import zarr
+
+    path = Path(spec.path) / str(level)
+    return zarr.open_array(str(path), mode="r+").with_config({"write_empty_chunks": True})
+
+
+def read_level(spec: OutputSpec, level: int, bounds: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Samples of one level of an OME-Zarr output (the pyramid reads the level below)."""
+    return np.asarray(_open_level(spec, level)[tuple(slice(start, stop) for start, stop in bounds)])
+
+
+def write_level(spec: OutputSpec, level: int, bounds: Sequence[tuple[int, int]], data: np.ndarray) -> None:
+    _open_level(spec, level)[tuple(slice(start, stop) for start, stop in bounds)] = data
 
 
 def _marker(index: Sequence[int]) -> str:
@@ -229,20 +303,21 @@ def mark_complete(path: str) -> None:
     """Every block is written: say so, and drop the per-block markers."""
     import zarr
 
-    array = zarr.open_array(path, mode="r+")
-    attributes = dict(array.attrs["convpipe"])
+    node = zarr.open(path, mode="r+")
+    attributes = dict(node.attrs["convpipe"])
     attributes["complete"] = True
-    array.attrs["convpipe"] = attributes
+    node.attrs["convpipe"] = attributes
     shutil.rmtree(Path(path) / BLOCKS_DIR, ignore_errors=True)
 
 
 def read_status(path: str) -> dict[str, Any] | None:
-    """The ``convpipe`` attributes of an output, or None if it is not one of ours."""
+    """The ``convpipe`` attributes of an output (array or OME-Zarr group), or None if it is
+    not one of ours."""
     import zarr
 
     try:
-        array = zarr.open_array(path, mode="r")
+        node = zarr.open(path, mode="r")
     except Exception:
         return None
-    status = array.attrs.get("convpipe")
+    status = node.attrs.get("convpipe")
     return dict(status) if isinstance(status, dict) else None

@@ -1,0 +1,228 @@
+"""GeoTIFF: read an input's georeferencing, carry it through the chain, write tiled GeoTIFFs.
+
+The geotransform is GDAL's six numbers for the pixel grid's *corners* ("pixel is area"):
+``X = gt[0] + col*gt[1] + row*gt[2]``, ``Y = gt[3] + col*gt[4] + row*gt[5]``. After the
+chain, output pixel j along an axis covers input pixels centred on ``c + j*S`` (``c`` the
+chain's centre offset, ``S`` its total stride: ``Plan.sample_frame``), so the output grid
+has pixel vectors S times the input's and its corner at input pixel ``c + 1/2 - S/2``.
+The CRS and the other GeoKeys are copied as they are.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from xml.sax.saxutils import escape
+
+import numpy as np
+
+from convpipe.coords import AxisFrame, Frame
+
+# TIFF tags of the GeoTIFF standard and GDAL's nodata tag.
+MODEL_PIXEL_SCALE = 33550
+MODEL_TIEPOINT = 33922
+MODEL_TRANSFORMATION = 34264
+GEO_KEY_DIRECTORY = 34735
+GEO_DOUBLE_PARAMS = 34736
+GEO_ASCII_PARAMS = 34737
+GDAL_METADATA = 42112
+GDAL_NODATA = 42113
+
+RASTER_TYPE_KEY = 1025  # GTRasterTypeGeoKey: 1 area, 2 point
+PROJECTED_CRS_KEY = 3072
+GEOGRAPHIC_CRS_KEY = 2048
+USER_DEFINED = 32767
+
+
+@dataclass(frozen=True)
+class GeoInfo:
+    """What a GeoTIFF says about where it is: grid, CRS keys and nodata."""
+
+    geotransform: tuple[float, float, float, float, float, float]  # corners, as GDAL
+    geokeys: tuple[int, ...]  # the GeoKeyDirectory, verbatim
+    geo_doubles: tuple[float, ...] | None = None
+    geo_ascii: str | None = None
+    nodata: str | None = None
+
+    @property
+    def crs(self) -> str | None:
+        """``EPSG:n`` when the keys name a registered CRS, else None (user-defined)."""
+        keys = _keys(self.geokeys)
+        for key in (PROJECTED_CRS_KEY, GEOGRAPHIC_CRS_KEY):
+            code = keys.get(key)
+            if code is not None and code != USER_DEFINED:
+                return f"EPSG:{code}"
+        return None
+
+    def frame(self, frame: Frame, axes: str | None) -> Frame:
+        """``frame`` with x and y set from the geotransform (when the grid is not rotated)."""
+        gt = self.geotransform
+        if axes is None or "x" not in axes or "y" not in axes or gt[2] or gt[4]:
+            return frame
+        updated = list(frame)
+        updated[axes.index("x")] = AxisFrame(gt[1], gt[0] + gt[1] / 2, None)
+        updated[axes.index("y")] = AxisFrame(gt[5], gt[3] + gt[5] / 2, None)
+        return tuple(updated)
+
+    def through(self, samples: Frame, axes: str) -> GeoInfo:
+        """The georeferencing of the chain's output (``samples``: ``Plan.sample_frame``)."""
+        x, y = samples[axes.index("x")], samples[axes.index("y")]
+        col = x.translation + 0.5 - x.scale / 2  # the output's corner, in input pixels
+        row = y.translation + 0.5 - y.scale / 2
+        gt = self.geotransform
+        moved = (
+            gt[0] + col * gt[1] + row * gt[2],
+            gt[1] * x.scale,
+            gt[2] * y.scale,
+            gt[3] + col * gt[4] + row * gt[5],
+            gt[4] * x.scale,
+            gt[5] * y.scale,
+        )
+        return GeoInfo(moved, _as_area(self.geokeys), self.geo_doubles, self.geo_ascii, self.nodata)
+
+    def attributes(self) -> dict[str, Any]:
+        """As output attributes (Zarr): plain JSON, and GDAL's ``_CRS`` when the CRS is EPSG."""
+        record: dict[str, Any] = {
+            "crs": self.crs,
+            "geotransform": list(self.geotransform),
+            "nodata": self.nodata,
+            "geokeys": list(self.geokeys),
+        }
+        if self.geo_doubles:
+            record["geo_doubles"] = list(self.geo_doubles)
+        if self.geo_ascii:
+            record["geo_ascii"] = self.geo_ascii
+        return record
+
+    def tags(self) -> list[tuple[int, str, int, Any, bool]]:
+        """The TIFF tags that say all this, for tifffile's ``extratags``."""
+        gt = self.geotransform
+        tags: list[tuple[int, str, int, Any, bool]] = []
+        if gt[2] == 0 and gt[4] == 0:
+            tags.append((MODEL_PIXEL_SCALE, "d", 3, (gt[1], -gt[5], 0.0), True))
+            tags.append((MODEL_TIEPOINT, "d", 6, (0.0, 0.0, 0.0, gt[0], gt[3], 0.0), True))
+        else:
+            matrix = (gt[1], gt[2], 0.0, gt[0], gt[4], gt[5], 0.0, gt[3], 0, 0, 0, 0, 0, 0, 0, 1.0)
+            tags.append((MODEL_TRANSFORMATION, "d", 16, tuple(float(v) for v in matrix), True))
+        tags.append((GEO_KEY_DIRECTORY, "H", len(self.geokeys), self.geokeys, True))
+        if self.geo_doubles:
+            tags.append((GEO_DOUBLE_PARAMS, "d", len(self.geo_doubles), self.geo_doubles, True))
+        if self.geo_ascii:
+            tags.append((GEO_ASCII_PARAMS, "s", 0, self.geo_ascii, True))
+        if self.nodata is not None:
+            tags.append((GDAL_NODATA, "s", 0, self.nodata, True))
+        return tags
+
+
+def _keys(directory: Sequence[int]) -> dict[int, int]:
+    """Inline GeoKey values (location 0) by key id."""
+    keys = {}
+    for i in range(4, len(directory) - 3, 4):
+        key, location, _, value = directory[i : i + 4]
+        if location == 0:
+            keys[key] = value
+    return keys
+
+
+def _as_area(directory: Sequence[int]) -> tuple[int, ...]:
+    """The directory with GTRasterTypeGeoKey set to "pixel is area": what ``tags`` write."""
+    keys = list(directory)
+    for i in range(4, len(keys) - 3, 4):
+        if keys[i] == RASTER_TYPE_KEY and keys[i + 1] == 0:
+            keys[i + 3] = 1
+    return tuple(keys)
+
+
+def read_geo(tif: Any, axes: str | None) -> GeoInfo | None:
+    """The georeferencing of a TIFF's first page, or None if it has none (or only some)."""
+    page = tif.pages.first
+    tags = page.tags
+    directory = tags.get(GEO_KEY_DIRECTORY)
+    if directory is None:
+        return None
+    geokeys = tuple(int(v) for v in directory.value)
+    point = _keys(geokeys).get(RASTER_TYPE_KEY) == 2
+    transformation = tags.get(MODEL_TRANSFORMATION)
+    scale, tiepoint = tags.get(MODEL_PIXEL_SCALE), tags.get(MODEL_TIEPOINT)
+    if transformation is not None:
+        m = [float(v) for v in transformation.value]
+        gt = [m[3], m[0], m[1], m[7], m[4], m[5]]
+    elif scale is not None and tiepoint is not None and len(tiepoint.value) >= 6:
+        sx, sy = float(scale.value[0]), float(scale.value[1])
+        i, j, _, x, y, _ = (float(v) for v in tiepoint.value[:6])
+        gt = [x - i * sx, sx, 0.0, y + j * sy, 0.0, -sy]
+    else:
+        return None
+    if point:  # the tiepoint is a pixel's centre: GDAL's corner is half a pixel before it
+        gt[0] -= (gt[1] + gt[2]) / 2
+        gt[3] -= (gt[4] + gt[5]) / 2
+    if not all(math.isfinite(v) for v in gt):
+        return None
+    doubles = tags.get(GEO_DOUBLE_PARAMS)
+    ascii_params = tags.get(GEO_ASCII_PARAMS)
+    nodata = tags.get(GDAL_NODATA)
+    return GeoInfo(
+        (gt[0], gt[1], gt[2], gt[3], gt[4], gt[5]),
+        geokeys,
+        tuple(float(v) for v in doubles.value) if doubles is not None else None,
+        str(ascii_params.value) if ascii_params is not None else None,
+        str(nodata.value).strip("\x00 ") if nodata is not None else None,
+    )
+
+
+def tiles(strips: Iterator[np.ndarray], tile: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Cut strips of whole tile rows (one band after another) into tiles in TIFF order."""
+    ty, tx = tile
+    for strip in strips:
+        for plane in strip.reshape(-1, *strip.shape[-2:]):  # a band strip is (1, rows, columns)
+            for top in range(0, plane.shape[0], ty):
+                for left in range(0, plane.shape[1], tx):
+                    yield np.ascontiguousarray(plane[top : top + ty, left : left + tx])
+
+
+TIFF_COMPRESSION = {"deflate": "zlib", "zstd": "zstd", "none": None}
+
+#: Past this many bytes a classic TIFF's 32-bit offsets may not reach: write BigTIFF.
+CLASSIC_TIFF_LIMIT = 2**32 - 2**28
+
+
+def write(
+    path: str,
+    strips: Iterator[np.ndarray],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    tile: tuple[int, int],
+    codec: str,
+    geo: GeoInfo | None,
+    metadata: dict[str, str],
+) -> None:
+    """Write a tiled, compressed (Big)GeoTIFF from strips of whole tile rows, top to bottom
+    (for bands, all of band 0's strips first). Nothing is held beyond the strip at hand.
+
+    ``metadata`` goes in GDAL's metadata tag, where gdalinfo and QGIS show it.
+    """
+    import tifffile
+
+    compression = TIFF_COMPRESSION[codec]
+    items = "".join(f'<Item name="{escape(name)}">{escape(value)}</Item>' for name, value in metadata.items())
+    tags = [
+        *(geo.tags() if geo is not None else ()),
+        (GDAL_METADATA, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True),
+    ]
+    bigtiff = math.prod(shape) * np.dtype(dtype).itemsize > CLASSIC_TIFF_LIMIT
+    tifffile.imwrite(
+        path,
+        data=tiles(strips, tile),
+        shape=shape,
+        dtype=dtype,
+        tile=tile,
+        compression=compression,
+        predictor=compression is not None,  # horizontal, or floating point for floats
+        photometric="minisblack",
+        planarconfig="separate" if len(shape) == 3 else None,
+        bigtiff=bigtiff,
+        extratags=tags,
+        metadata=None,  # no tifffile JSON description: GDAL_METADATA holds ours
+    )
