@@ -399,3 +399,43 @@ def test_gdal_opens_the_ome_zarr_0_4_output(tmp_path: Path) -> None:
     info = gdalinfo(f'ZARR:"{out}":/0')
     assert info["size"] == [50, 40]
     assert info["bands"][0]["type"] == "Float32"
+
+
+def test_an_interrupted_ome_zarr_output_resumes_to_the_same_pyramid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    image = (RNG.random((3, 130, 150)) * 500).astype(np.uint16)  # z, y, x
+    source = ngff_group(tmp_path, image, "zyx", [2.0, 0.5, 0.5], [0.0, 5.0, 5.0])
+    data = {
+        "input": {"path": str(source), "chunks": [1, 32, 32]},
+        "output": {"path": str(tmp_path / "out.ome.zarr"), "pyramid": 2, "dtype": "uint16"},
+        "pipeline": [{"filter": "gaussian", "sigma": 1.5, "stride": [1, 2, 1]}],
+    }
+    whole = from_dict({**data, "output": {**data["output"], "path": str(tmp_path / "whole.ome.zarr")}})
+    convpipe.run(whole)
+
+    from convpipe.io import outputs
+
+    real_write = outputs.write_block
+    calls = []
+
+    def failing(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) > 20:
+            raise OSError(28, "No space left on device")
+        real_write(*args)
+
+    monkeypatch.setattr(outputs, "write_block", failing)
+    with pytest.raises(convpipe.RunError, match="the output is incomplete"):
+        convpipe.run(from_dict(data), scheduler_name="sync")
+    monkeypatch.setattr(outputs, "write_block", real_write)
+    assert outputs.read_status(data["output"]["path"])["complete"] is False  # type: ignore[index]
+
+    result = convpipe.run(from_dict(data), resume=True)
+    assert result.resumed_from == 20
+    for level in ("0", "1", "2"):
+        got = zarr.open_array(str(tmp_path / "out.ome.zarr" / level), mode="r")[...]
+        expected = zarr.open_array(str(tmp_path / "whole.ome.zarr" / level), mode="r")[...]
+        np.testing.assert_array_equal(got, expected)
+    assert group_attributes(tmp_path / "out.ome.zarr")["ome"] == group_attributes(tmp_path / "whole.ome.zarr")["ome"]
+    assert outputs.read_status(data["output"]["path"])["complete"] is True  # type: ignore[index]

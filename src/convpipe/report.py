@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from convpipe import filters
+from convpipe import coords, filters
 from convpipe.plan import Plan
 
 
@@ -56,6 +56,7 @@ def describe_plan(plan: Plan, workers: int | None = None, budget: int | None = N
             f"{step.out_shape}"
         )
     grid = tuple(len(c) for c in plan.chunks)
+    lines += ["", *describe_storage(plan)]
     lines += [
         "",
         f"blocks  {plan.num_blocks} output blocks of {plan.block_shape} (grid {grid}), "
@@ -73,6 +74,38 @@ def describe_plan(plan: Plan, workers: int | None = None, budget: int | None = N
         + " about 120 MiB for the process)",
     ]
     return "\n".join(lines)
+
+
+def describe_storage(plan: Plan) -> list[str]:
+    """The output's format and layout, and where its samples are."""
+    storage = plan.storage
+    kind = {"zarr": "Zarr v3", "geotiff": "GeoTIFF, tiled"}.get(storage.format, f"OME-Zarr {storage.ngff_version}")
+    chunks = plan.storage.chunks if storage.format == "geotiff" else plan.storage_chunks
+    layout = f"{'tiles' if storage.format == 'geotiff' else 'chunks'} {chunks}"
+    if plan.shard_shape:
+        layout += f" in shards of {plan.shard_shape} (one per block)"
+    lines = [f"output  {kind}, {storage.codec}, {layout}"]
+    if storage.pyramid:
+        lines.append(f"        pyramid: {storage.pyramid} more levels, {', '.join(map(str, plan.level_shapes()[1:]))}")
+    if plan.input_frame is not None and not coords.is_identity(plan.input_frame):
+        frame = plan.output_frame
+        lines.append(
+            "        sample centres: "
+            + ", ".join(
+                f"{letter} from {axis.translation:.10g} every {axis.scale:.10g}{' ' + axis.unit if axis.unit else ''}"
+                for letter, axis in zip(plan.axes, frame, strict=True)
+                if letter in "zyx"
+            )
+        )
+    else:
+        pairs = zip(plan.axes, plan.sample_frame, strict=True)
+        moved = [(letter, a) for letter, a in pairs if letter in "zyx" and (a.scale, a.translation) != (1, 0)]
+        if moved:
+            lines.append(
+                "        sample centres, in input samples: "
+                + ", ".join(f"{letter} from {a.translation:g} every {a.scale:g}" for letter, a in moved)
+            )
+    return lines
 
 
 def describe_filters() -> str:
