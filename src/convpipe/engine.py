@@ -147,18 +147,18 @@ def _count(*done: Any) -> int:
     return len(done)
 
 
-def _join(*blocks: np.ndarray) -> np.ndarray:
-    return np.concatenate(blocks, axis=-1)
+def _gather(*blocks: np.ndarray) -> list[np.ndarray]:
+    return list(blocks)
 
 
-def strips(plan: Plan, source: Source) -> Iterator[np.ndarray]:
-    """The output as strips of one block row each, top to bottom (band after band), for
-    writers that must go in file order (GeoTIFF). The blocks of a strip are computed in
-    parallel, and the next strip while the caller writes this one: memory holds two strips.
+def block_rows(plan: Plan, source: Source) -> Iterator[list[np.ndarray]]:
+    """The output as rows of blocks (left to right), top to bottom and band after band, for
+    writers that must go in file order (GeoTIFF). The blocks of a row are computed in
+    parallel, and the next row while the caller writes this one: memory holds two rows.
     """
     builder = GraphBuilder(plan, source)
     pending = [(k, key) for k, key in enumerate(builder.value_ranges) if key is not None]
-    if pending:  # the global ranges, once, not once per strip
+    if pending:  # the global ranges, once, not once per row
         final = f"convpipe-ranges-{builder.token}"
         builder.tasks[final] = (tuple, [key for _, key in pending])
         ranges = Delayed(final, HighLevelGraph.from_collections(final, builder.tasks, dependencies=())).compute()
@@ -167,20 +167,20 @@ def strips(plan: Plan, source: Source) -> Iterator[np.ndarray]:
     grid = [range(len(c)) for c in plan.chunks]
     rows = list(itertools.product(*grid[:-1]))  # every block index but the last axis (x)
 
-    def strip(row: tuple[int, ...]) -> np.ndarray:
+    def compute_row(row: tuple[int, ...]) -> list[np.ndarray]:
         builder.tasks = {}
-        keys = builder.block_tasks("convpipe-strip", _compute, indices=[(*row, j) for j in grid[-1]])
-        final = f"convpipe-strip-{builder.token}-{'.'.join(map(str, row))}"
-        builder.tasks[final] = (_join, *keys)
+        keys = builder.block_tasks("convpipe-row", _compute, indices=[(*row, j) for j in grid[-1]])
+        final = f"convpipe-row-{builder.token}-{'.'.join(map(str, row))}"
+        builder.tasks[final] = (_gather, *keys)
         graph = HighLevelGraph.from_collections(final, builder.tasks, dependencies=())
-        return np.asarray(Delayed(final, graph).compute())
+        return list(Delayed(final, graph).compute())
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ahead:
-        upcoming = ahead.submit(strip, rows[0]) if rows else None
+        upcoming = ahead.submit(compute_row, rows[0]) if rows else None
         for following in [*rows[1:], None]:
             assert upcoming is not None
             current = upcoming.result()
-            upcoming = ahead.submit(strip, following) if following is not None else None
+            upcoming = ahead.submit(compute_row, following) if following is not None else None
             yield current
 
 

@@ -42,6 +42,9 @@ INNER_CHUNK_BYTES = 2**20
 #: GeoTIFF tiles, by default (GDAL's default too); TIFF wants multiples of 16.
 TIFF_TILE = 256
 
+#: A GeoTIFF is written a row of blocks at a time: rows of about this many float32 bytes.
+GEOTIFF_ROW_BYTES = 32 * 2**20
+
 
 @dataclass(frozen=True)
 class Storage:
@@ -354,6 +357,8 @@ def bind(
         total_stride = tuple(math.prod(s.axes[d].stride for s in steps) for d in range(len(shape)))
         out_block = tuple(max(1, min(b // t, n)) for b, t, n in zip(input_block, total_stride, current, strict=True))
         storage = dataclasses.replace(storage, chunks=_inner_chunks(out_block, spatial, out_dtype.itemsize))
+    if storage.format == "geotiff" and config.input.chunks is None:
+        input_block = _short_rows(input_block, axes, steps, current)
     if storage.chunks is not None:
         input_block = align_block(input_block, storage.chunks, steps, current)
     return Plan(
@@ -368,6 +373,20 @@ def bind(
         storage=storage,
         input_frame=frame,
     )
+
+
+def _short_rows(
+    input_block: tuple[int, ...], axes: str, steps: list[StepPlan], output_shape: tuple[int, ...]
+) -> tuple[int, ...]:
+    """Blocks for a GeoTIFF: a row of them (what the writer holds, twice) stays near
+    GEOTIFF_ROW_BYTES, however wide the image."""
+    y = axes.index("y")
+    stride = math.prod(s.axes[y].stride for s in steps)
+    width = math.prod(n for d, n in enumerate(output_shape) if d > y)
+    rows = max(TIFF_TILE, GEOTIFF_ROW_BYTES // (4 * width) // TIFF_TILE * TIFF_TILE)
+    block = list(input_block)
+    block[y] = min(block[y], rows * stride)
+    return tuple(block)
 
 
 def align_block(

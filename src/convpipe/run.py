@@ -22,7 +22,7 @@ import numpy as np
 from convpipe._version import __version__
 from convpipe.cluster import ClusterConfig, batch_cluster
 from convpipe.config import Config
-from convpipe.engine import pyramid_graph, strips, write_graph
+from convpipe.engine import block_rows, pyramid_graph, write_graph
 from convpipe.errors import ConfigError, ConvpipeError, RunError
 from convpipe.io import geotiff, outputs
 from convpipe.io.inputs import InputSpec, open_input
@@ -267,7 +267,7 @@ def _writing(out: str) -> Iterator[None]:
 
 
 def _run_geotiff(config: Config, plan: Plan, record: dict[str, Any], progress: str | None) -> RunResult:
-    """Write a GeoTIFF in file order, strip by strip, to a partial file renamed when whole:
+    """Write a GeoTIFF in file order, row of blocks by row, to a partial file renamed when whole:
     the path only ever holds a complete file (or what was there before)."""
     out = config.output.path
     start = time.perf_counter()
@@ -278,12 +278,12 @@ def _run_geotiff(config: Config, plan: Plan, record: dict[str, Any], progress: s
     assert plan.storage.chunks is not None  # planned: TIFF tiles, which may exceed a small image
     tile = (plan.storage.chunks[-2], plan.storage.chunks[-1])
     done = [0]
-    per_strip = len(plan.chunks[-1])
+    per_row = len(plan.chunks[-1])
 
-    def counted() -> Iterator[np.ndarray]:
-        for strip in strips(plan, input_spec(config, plan)):
-            done[0] += per_strip  # computed is done: the writer stops at its last tile
-            yield strip
+    def counted() -> Iterator[list[np.ndarray]]:
+        for row in block_rows(plan, input_spec(config, plan)):
+            done[0] += per_row  # computed is done: the writer stops at its last tile
+            yield row
 
     with outputs.locked(out, "geotiff"):
         try:

@@ -172,17 +172,25 @@ def read_geo(tif: Any, axes: str | None) -> GeoInfo | None:
     )
 
 
-def tiles(strips: Iterator[np.ndarray], tile: tuple[int, int]) -> Iterator[np.ndarray]:
-    """Cut strips of whole tile rows (one band after another) into tiles in TIFF order."""
+def tiles(rows: Iterator[list[np.ndarray]], tile: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Cut rows of blocks into tiles in TIFF order: tile rows top to bottom, tiles left to right
+    across the blocks, one band after another (a band's block is (1, rows, columns)). Blocks
+    are whole tiles wide (the plan aligns them), so no tile spans two blocks."""
     ty, tx = tile
-    for strip in strips:
-        for plane in strip.reshape(-1, *strip.shape[-2:]):  # a band strip is (1, rows, columns)
-            for top in range(0, plane.shape[0], ty):
-                for left in range(0, plane.shape[1], tx):
-                    yield np.ascontiguousarray(plane[top : top + ty, left : left + tx])
+    for blocks in rows:
+        planes = [block.reshape(-1, *block.shape[-2:]) for block in blocks]
+        for band in range(planes[0].shape[0]):
+            for top in range(0, planes[0].shape[1], ty):
+                for plane in planes:
+                    for left in range(0, plane.shape[2], tx):
+                        yield np.ascontiguousarray(plane[band, top : top + ty, left : left + tx])
 
 
 TIFF_COMPRESSION = {"deflate": "zlib", "zstd": "zstd", "none": None}
+
+#: Tiles compressed at once (in parallel): tifffile's default, 512 MB, would hold more memory
+#: than the strips themselves.
+ENCODE_BUFFER_BYTES = 32 * 2**20
 
 #: Past this many bytes a classic TIFF's 32-bit offsets may not reach: write BigTIFF.
 CLASSIC_TIFF_LIMIT = 2**32 - 2**28
@@ -190,7 +198,7 @@ CLASSIC_TIFF_LIMIT = 2**32 - 2**28
 
 def write(
     path: str,
-    strips: Iterator[np.ndarray],
+    rows: Iterator[list[np.ndarray]],
     shape: tuple[int, ...],
     dtype: np.dtype,
     tile: tuple[int, int],
@@ -198,8 +206,8 @@ def write(
     geo: GeoInfo | None,
     metadata: dict[str, str],
 ) -> None:
-    """Write a tiled, compressed (Big)GeoTIFF from strips of whole tile rows, top to bottom
-    (for bands, all of band 0's strips first). Nothing is held beyond the strip at hand.
+    """Write a tiled, compressed (Big)GeoTIFF from rows of blocks, each whole tile rows high,
+    top to bottom (for bands, all of band 0 first). Nothing is held beyond the row at hand.
 
     ``metadata`` goes in GDAL's metadata tag, where gdalinfo and QGIS show it.
     """
@@ -214,7 +222,7 @@ def write(
     bigtiff = math.prod(shape) * np.dtype(dtype).itemsize > CLASSIC_TIFF_LIMIT
     tifffile.imwrite(
         path,
-        data=tiles(strips, tile),
+        data=tiles(rows, tile),
         shape=shape,
         dtype=dtype,
         tile=tile,
@@ -225,4 +233,5 @@ def write(
         bigtiff=bigtiff,
         extratags=tags,
         metadata=None,  # no tifffile JSON description: GDAL_METADATA holds ours
+        buffersize=ENCODE_BUFFER_BYTES,
     )
