@@ -439,3 +439,20 @@ def test_an_interrupted_ome_zarr_output_resumes_to_the_same_pyramid(
         np.testing.assert_array_equal(got, expected)
     assert group_attributes(tmp_path / "out.ome.zarr")["ome"] == group_attributes(tmp_path / "whole.ome.zarr")["ome"]
     assert outputs.read_status(data["output"]["path"])["complete"] is True  # type: ignore[index]
+
+
+def test_dry_run_knows_a_geotiff_output_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from test_cli import invoke
+
+    source = geotiff(tmp_path / "in.tif", RNG.random((40, 40)).astype(np.float32))
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        json.dumps({"input": {"path": str(source)}, "output": {"path": "out.tif"}, "pipeline": [{"filter": "box"}]})
+    )
+    (tmp_path / "out.tif").write_bytes(b"II*\x00 an earlier result")
+    code, out, _ = invoke(capsys, "run", config, "--dry-run", "--overwrite")
+    assert code == 0 and "GeoTIFF, tiled, deflate" in out
+    (tmp_path / "out.tif").write_bytes(b"my notes, not a TIFF")
+    code, _, err = invoke(capsys, "run", config, "--dry-run", "--overwrite")
+    assert code == 2 and "exists and is not a TIFF file; refusing to replace it" in err
+    assert (tmp_path / "out.tif").read_bytes() == b"my notes, not a TIFF"

@@ -103,8 +103,10 @@ def run_command(
     """
     config = config_module.load(config_path, overrides)
     if dry_run:
-        outputs.check_paths(config.input.path, config.output.path, overwrite or resume or config.output.overwrite)
-        click.echo(report.describe_plan(make_plan(config, memory, workers), workers, memory))
+        plan = make_plan(config, memory, workers)
+        replace = overwrite or resume or config.output.overwrite
+        outputs.check_paths(config.input.path, config.output.path, replace, plan.storage.format)
+        click.echo(report.describe_plan(plan, workers, memory))
         return
     progress = None if quiet else ("bar" if sys.stderr.isatty() else "log")
     result = run(
