@@ -456,3 +456,35 @@ def test_dry_run_knows_a_geotiff_output_is_a_file(tmp_path: Path, capsys: pytest
     code, _, err = invoke(capsys, "run", config, "--dry-run", "--overwrite")
     assert code == 2 and "exists and is not a TIFF file; refusing to replace it" in err
     assert (tmp_path / "out.tif").read_bytes() == b"my notes, not a TIFF"
+
+
+def test_ome_tiff_series_and_pyramid_levels_have_their_own_sizes(tmp_path: Path) -> None:
+    image = (RNG.random((64, 48)) * 1000).astype(np.uint16)
+    other = (RNG.random((20, 30)) * 1000).astype(np.uint16)
+    source = tmp_path / "slide.ome.tif"
+    with tifffile.TiffWriter(source, ome=True) as tif:
+        sizes = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
+        tif.write(image, subifds=1, tile=(16, 16), metadata={"axes": "YX", **sizes})
+        tif.write(np.ascontiguousarray(image[::2, ::2]), subfiletype=1, tile=(16, 16))
+        tif.write(other, metadata={"axes": "YX", "PhysicalSizeX": 2.0, "PhysicalSizeY": 3.0})
+    box = [{"filter": "box", "size": 1}]
+    cases = [
+        # (series, level, pixels, scale, translation of the first sample's centre)
+        (0, 0, image, (0.5, 0.5), (0.0, 0.0)),
+        (0, 1, image[::2, ::2], (1.0, 1.0), (0.25, 0.25)),  # a 2x level: the mean of 2 samples
+        (1, 0, other, (3.0, 2.0), (0.0, 0.0)),
+    ]
+    for series, level, pixels, scale, translation in cases:
+        out = tmp_path / f"out-{series}-{level}.ome.zarr"
+        config = from_dict(
+            {
+                "input": {"path": str(source), "series": series, "level": level},
+                "output": {"path": str(out), "dtype": "input"},
+                "pipeline": box,
+            }
+        )
+        convpipe.run(config)
+        image_level = ngff_zarr.from_ngff_zarr(str(out), validate=True).images[0]
+        assert (image_level.scale["y"], image_level.scale["x"]) == pytest.approx(scale)
+        assert (image_level.translation["y"], image_level.translation["x"]) == pytest.approx(translation)
+        np.testing.assert_array_equal(zarr.open_array(str(out / "0"), mode="r")[...], pixels)

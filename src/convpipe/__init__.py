@@ -7,6 +7,7 @@ The same API the CLI uses, for notebooks and scripts::
     plan = convpipe.make_plan(config)     # shapes, halos, blocks; reads no pixels
     lazy = convpipe.to_dask(config)       # the result as a lazy Dask array
     convpipe.run(config)                  # write it to config.output.path
+    convpipe.preview(config, "p.png", region="0:512,0:512")   # input and output side by side
 
 or, on an array already in memory::
 
@@ -25,6 +26,7 @@ from convpipe.config import load as load_config
 from convpipe.engine import to_dask as _to_dask
 from convpipe.errors import ConfigError, ConvpipeError, RunError
 from convpipe.plan import Plan, bind
+from convpipe.preview import preview
 from convpipe.run import RunResult, input_spec, make_plan, run
 
 if TYPE_CHECKING:
@@ -74,6 +76,7 @@ __all__ = [
     "from_dict",
     "load_config",
     "make_plan",
+    "preview",
     "run",
     "to_dask",
 ]
