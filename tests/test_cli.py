@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from cli_tools import assert_one_line_error, invoke
 
 import convpipe
-from convpipe.cli import main
 from convpipe.config import load
 from convpipe.filters import FILTERS
 
@@ -70,25 +70,6 @@ def make_config(
     return write_config(folder, data, name)
 
 
-def invoke(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
-    """Run ``convpipe ARGS`` in-process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (0 if code is None else int(code)), out, err
-
-
-def assert_one_line_error(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("convpipe: error: "), err
-    assert "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
-
-
 def tree_digest(path: Path) -> str:
     """A hash of every file's relative name and bytes under ``path`` (or of the file itself)."""
     digest = hashlib.sha256()
@@ -118,9 +99,7 @@ def zarr_input(tmp_path: Path, image: np.ndarray) -> Path:
 # --- validate, plan, filters ---------------------------------------------------------------
 
 
-def test_validate_prints_ok_and_exits_0(
-    tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_validate_prints_ok_and_exits_0(tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = make_config(tmp_path)
     code, out, err = invoke(capsys, "validate", path)
     assert code == 0, err
@@ -130,9 +109,7 @@ def test_validate_prints_ok_and_exits_0(
     assert not (tmp_path / "out.zarr").exists()
 
 
-def test_plan_prints_each_steps_geometry(
-    tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_plan_prints_each_steps_geometry(tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # gaussian sigma 2: radius int(4*2 + 0.5) = 8, F = 17, same pad 8/8.
     # box 4 (even): same pad puts the extra pixel after, 1/2; chained halo 9/10.
     # sobel stride 2: F = 3, pad 1/1, 40x50 -> floor((40 + 2 - 3) / 2) + 1 = 20, 25.
@@ -144,9 +121,7 @@ def test_plan_prints_each_steps_geometry(
     path = make_config(tmp_path, pipeline)
     code, out, err = invoke(capsys, "plan", path, "--workers", "2")
     assert code == 0, err
-    rows = {
-        line.split()[1]: line.split() for line in out.splitlines() if line[:4].strip().isdigit()
-    }
+    rows = {line.split()[1]: line.split() for line in out.splitlines() if line[:4].strip().isdigit()}
     assert rows["gaussian"] == ["0", "gaussian", "17", "8/8", "reflect", "1", "8/8", "(40,", "50)"]
     assert rows["box"] == ["1", "box", "4", "1/2", "reflect", "1", "9/10", "(40,", "50)"]
     assert rows["sobel"] == ["2", "sobel", "3", "1/1", "reflect", "2", "10/10", "(20,", "25)"]
@@ -160,13 +135,9 @@ def test_plan_prints_each_steps_geometry(
     assert not (tmp_path / "out.zarr").exists()
 
 
-def test_plan_shows_overrides(
-    tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_plan_shows_overrides(tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = make_config(tmp_path)
-    code, out, err = invoke(
-        capsys, "plan", path, "--set", "input.chunks=[40,50]", "--set", "pipeline[0].sigma=1"
-    )
+    code, out, err = invoke(capsys, "plan", path, "--set", "input.chunks=[40,50]", "--set", "pipeline[0].sigma=1")
     assert code == 0, err
     assert "1 output blocks" in out
     gaussian = next(line for line in out.splitlines() if "gaussian" in line)
@@ -245,9 +216,7 @@ def test_a_bad_config_is_one_line_exit_2_and_writes_nothing(
     assert tree_digest(zarr_input) == before
 
 
-def test_a_yaml_syntax_error_names_line_and_column(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_yaml_syntax_error_names_line_and_column(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "config.yaml"
     path.write_text("input:\n  path: in.zarr\n bad: 2\n")
     code, _, err = invoke(capsys, "validate", path)
@@ -255,9 +224,7 @@ def test_a_yaml_syntax_error_names_line_and_column(
     assert_one_line_error(err, str(path), "line 3, column 2")
 
 
-def test_a_missing_config_file_is_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_missing_config_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = invoke(capsys, "run", tmp_path / "nope.yaml")
     assert code == 2
     assert_one_line_error(err, "nope.yaml")
@@ -267,9 +234,7 @@ def test_a_missing_config_file_is_exit_2(
     "args",
     [["run"], ["bogus-command"], ["run", "c.yaml", "--workers", "0"], ["run", "c.yaml", "--nope"]],
 )
-def test_bad_usage_is_exit_2_without_traceback(
-    args: list[str], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_bad_usage_is_exit_2_without_traceback(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = invoke(capsys, *args)
     assert code == 2
     assert_one_line_error(err, "--help")
@@ -312,9 +277,7 @@ def test_run_writes_a_complete_output_with_provenance(
     assert [s["filter"] for s in attrs["steps"]] == ["gaussian", "sobel"]
 
 
-def test_run_applies_set_overrides(
-    tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_run_applies_set_overrides(tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = make_config(tmp_path)
     code, _, err = invoke(
         capsys,
@@ -411,9 +374,7 @@ def test_dry_run_prints_the_plan_and_creates_nothing(
     assert not (tmp_path / "results").exists()
 
 
-def test_a_bogus_scheduler_is_exit_2(
-    tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_bogus_scheduler_is_exit_2(tmp_path: Path, zarr_input: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = make_config(tmp_path)
     code, _, err = invoke(capsys, "run", path, "--scheduler", "bogus")
     assert code == 2

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from cli_tools import invoke
 from reference import reference
 
 import convpipe
@@ -442,8 +443,6 @@ def test_an_interrupted_ome_zarr_output_resumes_to_the_same_pyramid(
 
 
 def test_dry_run_knows_a_geotiff_output_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from test_cli import invoke
-
     source = geotiff(tmp_path / "in.tif", RNG.random((40, 40)).astype(np.float32))
     config = tmp_path / "config.yaml"
     config.write_text(

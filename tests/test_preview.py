@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from cli_tools import assert_one_line_error, invoke
 from click.testing import CliRunner
 from matplotlib.image import imread
 
 from convpipe import engine
-from convpipe.cli import cli, main
+from convpipe.cli import cli
 from convpipe.config import Config, from_dict
 from convpipe.errors import RunError
 from convpipe.preview import PreviewResult, preview, select
@@ -54,24 +55,6 @@ def full_output(config: Config) -> np.ndarray:
     """The whole chain computed at once: what every panel must agree with."""
     plan = make_plan(config)
     return engine.to_dask(plan, input_spec(config, plan)).compute()
-
-
-def invoke(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
-    """Run ``convpipe ARGS`` in-process as the installed command does: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    code = exit_info.value.code
-    return (0 if code is None else int(code)), out, err
-
-
-def assert_one_line_error(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("convpipe: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import cli_tools
 import dask
 import numpy as np
 import pytest
@@ -66,17 +67,12 @@ def write_config(folder: Path, input_path: str | Path, **output: Any) -> Path:
 
 
 def invoke(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str]:
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in args])
-    return int(done.value.code or 0), capsys.readouterr().err
+    """(exit status, stderr) of ``convpipe ARGS``."""
+    code, _, err = cli_tools.invoke(capsys, *args)
+    return code, err
 
 
-def assert_one_line(err: str, *fragments: str) -> None:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("convpipe: error: ") and "Traceback" not in err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+assert_one_line = cli_tools.assert_one_line_error
 
 
 # --- bad data ---------------------------------------------------------------------------------
