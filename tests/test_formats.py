@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from cli_tools import invoke
+from cli_tools import assert_one_line_error, invoke
 from reference import reference
 
 import convpipe
@@ -270,7 +270,8 @@ def test_geotiff_pixel_is_point_and_bands(tmp_path: Path) -> None:
     )
     convpipe.run(config)
     # Pixel is point: the tiepoint (1000, 2000) is pixel 0's centre, its corner is 1 m before.
-    # Box 3 same, stride 2: pixel 4 m, first centre on input pixel 0, corner 1.5 px before it.
+    # Box 3 same, stride 2: pixel 4 m, centred on input pixel 0, so its corner is one input
+    # pixel (2 m) before that pixel's centre.
     assert written_geotransform(out) == pytest.approx((999.0 - 1.0, 4.0, 0.0, 2001.0 + 1.0, 0.0, -4.0))
     with tifffile.TiffFile(out) as tif:
         assert tif.pages.first.geotiff_tags["GTRasterTypeGeoKey"] == 1  # written as area
@@ -458,19 +459,22 @@ def test_dry_run_knows_a_geotiff_output_is_a_file(tmp_path: Path, capsys: pytest
 
 
 def test_ome_tiff_series_and_pyramid_levels_have_their_own_sizes(tmp_path: Path) -> None:
-    image = (RNG.random((64, 48)) * 1000).astype(np.uint16)
+    image = (RNG.random((65, 47)) * 1000).astype(np.uint16)  # odd: the level is 33 x 24
     other = (RNG.random((20, 30)) * 1000).astype(np.uint16)
     source = tmp_path / "slide.ome.tif"
+    # The level as slide scanners make them: 2x2 means (the last odd row/column alone).
+    padded = np.pad(image.astype(np.float64), ((0, 1), (0, 1)), mode="edge")
+    level = np.rint(padded.reshape(33, 2, 24, 2).mean(axis=(1, 3))).astype(np.uint16)
     with tifffile.TiffWriter(source, ome=True) as tif:
         sizes = {"PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5}
         tif.write(image, subifds=1, tile=(16, 16), metadata={"axes": "YX", **sizes})
-        tif.write(np.ascontiguousarray(image[::2, ::2]), subfiletype=1, tile=(16, 16))
+        tif.write(level, subfiletype=1, tile=(16, 16))
         tif.write(other, metadata={"axes": "YX", "PhysicalSizeX": 2.0, "PhysicalSizeY": 3.0})
     box = [{"filter": "box", "size": 1}]
     cases = [
         # (series, level, pixels, scale, translation of the first sample's centre)
         (0, 0, image, (0.5, 0.5), (0.0, 0.0)),
-        (0, 1, image[::2, ::2], (1.0, 1.0), (0.25, 0.25)),  # a 2x level: the mean of 2 samples
+        (0, 1, level, (1.0, 1.0), (0.25, 0.25)),  # 65 -> 33 is a 2x level: the mean of 2 samples
         (1, 0, other, (3.0, 2.0), (0.0, 0.0)),
     ]
     for series, level, pixels, scale, translation in cases:
@@ -487,3 +491,131 @@ def test_ome_tiff_series_and_pyramid_levels_have_their_own_sizes(tmp_path: Path)
         assert (image_level.scale["y"], image_level.scale["x"]) == pytest.approx(scale)
         assert (image_level.translation["y"], image_level.translation["x"]) == pytest.approx(translation)
         np.testing.assert_array_equal(zarr.open_array(str(out / "0"), mode="r")[...], pixels)
+
+
+def test_multiband_geotiff_with_several_rows_of_blocks_keeps_its_bands_apart(tmp_path: Path) -> None:
+    image = (RNG.random((3, 64, 48)) * 100).astype(np.float32)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=image, chunks=(3, 16, 48))  # 3 bands per chunk
+    config = from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.zarr"), "axes": "cyx", "chunks": [3, 16, 48]},
+            "output": {"path": str(tmp_path / "out.tif"), "chunks": [1, 16, 16]},
+            "pipeline": [{"filter": "box", "size": 3}],
+        }
+    )
+    plan = convpipe.make_plan(config)
+    assert plan.block_shape[0] == 1 and len(plan.chunks[1]) == 4  # one band per block, 4 rows
+    convpipe.run(config)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "out.tif"), reference(image, plan), rtol=1e-5)
+
+
+def test_pyramid_levels_smaller_than_a_chunk_keep_valid_shards(tmp_path: Path) -> None:
+    image = (RNG.random((101, 77)) * 100).astype(np.float32)
+    zarr.create_array(str(tmp_path / "in.zarr"), data=image)
+    out = tmp_path / "out.ome.zarr"
+    config = config_for(
+        tmp_path / "in.zarr", out, [{"filter": "box", "size": 3, "stride": 2}], chunks=[16, 16], shards=True, pyramid=3
+    )
+    convpipe.run(config)
+    shapes = [zarr.open_array(str(out / str(level)), mode="r").shape for level in range(4)]
+    assert shapes == [(51, 39), (26, 20), (13, 10), (7, 5)]
+    ngff_zarr.from_ngff_zarr(str(out), validate=True)
+    level3 = zarr.open_array(str(out / "3"), mode="r")
+    assert level3.chunks == (7, 5) and level3.shards == (7, 5)  # one chunk, one shard
+
+
+def test_geotiff_overview_levels_have_larger_pixels(tmp_path: Path) -> None:
+    image = RNG.random((64, 64)).astype(np.float32)
+    source = tmp_path / "dem.tif"
+    tags = [
+        (33550, "d", 3, (10.0, 10.0, 0.0), True),
+        (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4600000.0, 0.0), True),
+        (34735, "H", len(GEOKEYS), GEOKEYS, True),
+    ]
+    with tifffile.TiffWriter(source) as tif:
+        tif.write(image, subifds=1, tile=(16, 16), extratags=tags)
+        tif.write(np.ascontiguousarray(image[::2, ::2]), subfiletype=1, tile=(16, 16))
+    out = tmp_path / "out.zarr"
+    config = from_dict(
+        {"input": {"path": str(source), "level": 1}, "output": {"path": str(out)}, "pipeline": [{"filter": "box"}]}
+    )
+    convpipe.run(config)
+    geo = dict(zarr.open_array(str(out), mode="r").attrs)["geo"]
+    assert geo["geotransform"] == pytest.approx([500000.0, 20.0, 0.0, 4600000.0, 0.0, -20.0])
+
+
+def test_a_north_up_geotiff_becomes_a_valid_ome_zarr_in_pixels(tmp_path: Path) -> None:
+    source = geotiff(tmp_path / "dem.tif", RNG.random((40, 30)).astype(np.float32))
+    out = tmp_path / "out.ome.zarr"
+    convpipe.run(config_for(source, out, [{"filter": "box", "size": 3, "stride": 2}], pyramid=1))
+    levels = ngff_zarr.from_ngff_zarr(str(out), validate=True).images
+    assert levels[0].scale == {"y": 2.0, "x": 2.0} and levels[0].translation == {"y": 0.0, "x": 0.0}
+    assert levels[1].scale == {"y": 4.0, "x": 4.0}
+    geo = group_attributes(out)["geo"]  # the map coordinates are here
+    assert geo["crs"] == "EPSG:32633"
+    # Box 3 same, stride 2: output pixel 0 spans input pixels -0.5 .. 1.5 (centred on pixel 0).
+    assert geo["geotransform"] == pytest.approx([499995.0, 20.0, 0.0, 4600005.0, 0.0, -20.0])
+
+
+@pytest.mark.parametrize("name", ["out.zarr", "out.ome.zarr"])
+def test_the_lock_stands_while_blocks_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    from convpipe.io import outputs
+
+    zarr.create_array(str(tmp_path / "in.zarr"), data=RNG.random((40, 40)).astype(np.float32), chunks=(16, 16))
+    seen = []
+    real_write = outputs.write_block
+
+    def watching(spec: Any, *args: Any) -> None:
+        seen.append((Path(spec.path) / outputs.LOCK_FILE).exists())
+        real_write(spec, *args)
+
+    monkeypatch.setattr(outputs, "write_block", watching)
+    config = from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.zarr"), "chunks": [16, 16]},
+            "output": {"path": str(tmp_path / name)},
+            "pipeline": [{"filter": "box"}],
+        }
+    )
+    convpipe.run(config, scheduler_name="sync")
+    convpipe.run(config, scheduler_name="sync", overwrite=True)  # replacing an output keeps it too
+    assert len(seen) == 18 and all(seen)
+    assert not (tmp_path / name / outputs.LOCK_FILE).exists()  # and it goes when the run ends
+
+
+def test_broken_ngff_transforms_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = ngff_group(tmp_path, RNG.random((20, 20)).astype(np.float32), "yx", [1.0, 1.0], [0.0, 0.0])
+    group = zarr.open_group(str(source), mode="r+")
+    attributes = dict(group.attrs)
+    attributes["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"] = ["0.5um", 1]
+    group.attrs.put(attributes)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        json.dumps({"input": {"path": str(source)}, "output": {"path": "o.zarr"}, "pipeline": [{"filter": "box"}]})
+    )
+    code, _, err = invoke(capsys, "plan", config)
+    assert code == 1
+    assert_one_line_error(err, "OME-Zarr metadata for level 0 is broken", "the scale ['0.5um', 1] is not 2 numbers")
+    code, out, _ = invoke(capsys, "info", source)
+    assert code == 0 and "unreadable: the scale" in out
+
+
+def test_nodata_the_output_dtype_cannot_hold_is_dropped(tmp_path: Path) -> None:
+    source = geotiff(tmp_path / "dem.tif", (RNG.random((40, 40)) * 200).astype(np.float32))  # nodata -9999
+    convpipe.run(config_for(source, tmp_path / "float.tif", [{"filter": "box"}]))
+    convpipe.run(config_for(source, tmp_path / "byte.tif", [{"filter": "box"}], dtype="uint8"))
+    with tifffile.TiffFile(tmp_path / "float.tif") as tif:
+        assert tif.pages.first.tags["GDAL_NODATA"].value == "-9999"
+    with tifffile.TiffFile(tmp_path / "byte.tif") as tif:
+        assert "GDAL_NODATA" not in tif.pages.first.tags
+
+
+def test_info_calls_an_unfinished_geotiff_partial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = geotiff(tmp_path / "dem.tif", RNG.random((40, 40)).astype(np.float32))
+    convpipe.run(config_for(source, tmp_path / "out.tif", [{"filter": "box"}]))
+    left = tmp_path / "out.tif.convpipe-partial"  # what a killed run leaves
+    left.write_bytes((tmp_path / "out.tif").read_bytes())
+    code, out, _ = invoke(capsys, "info", left)
+    assert code == 0 and "status: partial: an unfinished GeoTIFF write" in out
+    code, out, _ = invoke(capsys, "info", tmp_path / "out.tif")
+    assert "status: complete" in out

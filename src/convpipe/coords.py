@@ -5,7 +5,7 @@ writes it: ``position(i) = translation + i * scale``, the position of the *centr
 sample i. A step with kernel size F, pad P_before and stride S puts the centre of its output
 sample j at input sample ``j*S + (F - 1)/2 - P_before``, so it multiplies the scale by S and
 moves the translation by ``((F - 1)/2 - P_before) * scale``. GeoTIFF's corner convention is a
-half sample away (``corner_origin``). Pure arithmetic, like ``geometry``.
+half sample away (``convpipe.io.geotiff``). Pure arithmetic, like ``geometry``.
 """
 
 from __future__ import annotations
@@ -32,11 +32,6 @@ class AxisFrame:
     def halved(self) -> AxisFrame:
         """The frame after a 2x mean: sample j averages input samples 2j and 2j+1."""
         return AxisFrame(self.scale * 2, self.translation + self.scale / 2, self.unit)
-
-    @property
-    def corner_origin(self) -> float:
-        """Where sample 0's outer edge lies (GeoTIFF's "pixel is area" origin)."""
-        return self.translation - self.scale / 2
 
 
 Frame = tuple[AxisFrame, ...]

@@ -42,8 +42,12 @@ INNER_CHUNK_BYTES = 2**20
 #: GeoTIFF tiles, by default (GDAL's default too); TIFF wants multiples of 16.
 TIFF_TILE = 256
 
-#: A GeoTIFF is written a row of blocks at a time: rows of about this many float32 bytes.
+#: A GeoTIFF is written a row of blocks at a time: rows of about this many bytes.
 GEOTIFF_ROW_BYTES = 32 * 2**20
+
+#: Tiles a GeoTIFF writer compresses at once (in parallel); tifffile's default, 512 MB,
+#: would hold more memory than the rows themselves.
+GEOTIFF_ENCODE_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ class Plan:
         steps = self.steps[:upto]
         shape = steps[-1].out_shape if steps else self.input_shape
         return tuple(
-            max(1, min(block // math.prod(s.axes[d].stride for s in steps), n))
+            max(1, min(block // total_stride(steps, d), n))
             for d, (block, n) in enumerate(zip(self.input_block, shape, strict=True))
         )
 
@@ -143,9 +147,9 @@ class Plan:
         shape = self.level_shapes()[level - 1]
         return tuple(d for d in self.spatial if shape[d] > 1)
 
-    def level_frames(self) -> list[Frame]:
-        """The output's frame and each pyramid level's."""
-        frames = [self.output_frame]
+    def level_frames(self, physical: bool = True) -> list[Frame]:
+        """The output's frame and each pyramid level's (``physical=False``: in input samples)."""
+        frames = [self.output_frame if physical else self.sample_frame]
         for level in range(1, self.storage.pyramid + 1):
             frames.append(coords.halved(frames[-1], self.halved_axes(level)))
         return frames
@@ -206,11 +210,25 @@ class Plan:
         read = math.prod(extents[0]) * (self.input_dtype.itemsize + itemsize)
         work = max(math.prod(e) for e in extents) * itemsize * ARRAYS_PER_STEP
         written = math.prod(self.block_shape) * (itemsize + self.output_dtype.itemsize)
-        return read + work + written
+        chain = read + work + written
+        if not self.storage.pyramid:
+            return chain
+        # A pyramid task reads the 2^d blocks below its own, as floats, and writes one block.
+        below = math.prod(self.block_shape) * 2 ** len(self.spatial)
+        pyramid = below * (self.output_dtype.itemsize + itemsize) + math.prod(self.block_shape) * itemsize
+        return max(chain, pyramid)
+
+    def writer_bytes(self) -> int:
+        """What the writer holds besides blocks: a GeoTIFF's two rows of blocks and its
+        compression buffer (Zarr writes each block where it is computed)."""
+        if self.storage.format != "geotiff":
+            return 0
+        row = math.prod(self.block_shape[:-1]) * self.output_shape[-1] * self.output_dtype.itemsize
+        return 2 * row + GEOTIFF_ENCODE_BYTES
 
     def memory_estimate(self, workers: int) -> int:
         """Peak bytes of a run with ``workers`` blocks computed at once, the process included."""
-        return PROCESS_BYTES + self.cache_bytes + workers * self.memory_per_block()
+        return PROCESS_BYTES + self.cache_bytes + self.writer_bytes() + workers * self.memory_per_block()
 
     def fitted(self, budget: int, workers: int) -> Plan:
         """The same plan fitted to ``budget``: first without the chunk cache, then with blocks
@@ -222,7 +240,7 @@ class Plan:
             block = list(plan.input_block)
             axis = max(plan.spatial, key=lambda d: block[d])
             # Blocks stay whole multiples of the strides and of the output's storage chunks.
-            unit = math.prod(s.axes[axis].stride for s in plan.steps)
+            unit = total_stride(plan.steps, axis)
             if plan.storage.chunks is not None:
                 unit *= plan.storage_chunks[axis]
             smaller = max(unit, block[axis] // 2 // unit * unit)
@@ -350,15 +368,15 @@ def bind(
             )
         input_block = tuple(min(c, n) for c, n in zip(config.input.chunks, shape, strict=True))
     else:
-        total_stride = tuple(math.prod(s.axes[d].stride for s in steps) for d in range(len(shape)))
-        input_block = default_block(tuple(shape), tuple(storage_chunks), spatial, total_stride)
+        strides = tuple(total_stride(steps, d) for d in range(len(shape)))
+        input_block = default_block(tuple(shape), tuple(storage_chunks), spatial, strides)
     storage = plan_storage(config.output, input_kind, axes, current, out_dtype)
     if storage.shards and storage.chunks is None:
-        total_stride = tuple(math.prod(s.axes[d].stride for s in steps) for d in range(len(shape)))
-        out_block = tuple(max(1, min(b // t, n)) for b, t, n in zip(input_block, total_stride, current, strict=True))
+        pairs = enumerate(zip(input_block, current, strict=True))
+        out_block = tuple(max(1, min(b // total_stride(steps, d), n)) for d, (b, n) in pairs)
         storage = dataclasses.replace(storage, chunks=_inner_chunks(out_block, spatial, out_dtype.itemsize))
-    if storage.format == "geotiff" and config.input.chunks is None:
-        input_block = _short_rows(input_block, axes, steps, current)
+    if storage.format == "geotiff":
+        input_block = _geotiff_block(input_block, axes, steps, current, out_dtype, config.input.chunks is None)
     if storage.chunks is not None:
         input_block = align_block(input_block, storage.chunks, steps, current)
     return Plan(
@@ -375,18 +393,30 @@ def bind(
     )
 
 
-def _short_rows(
-    input_block: tuple[int, ...], axes: str, steps: list[StepPlan], output_shape: tuple[int, ...]
+def _geotiff_block(
+    input_block: tuple[int, ...],
+    axes: str,
+    steps: list[StepPlan],
+    output_shape: tuple[int, ...],
+    dtype: np.dtype,
+    default: bool,
 ) -> tuple[int, ...]:
-    """Blocks for a GeoTIFF: a row of them (what the writer holds, twice) stays near
-    GEOTIFF_ROW_BYTES, however wide the image."""
-    y = axes.index("y")
-    stride = math.prod(s.axes[y].stride for s in steps)
-    width = math.prod(n for d, n in enumerate(output_shape) if d > y)
-    rows = max(TIFF_TILE, GEOTIFF_ROW_BYTES // (4 * width) // TIFF_TILE * TIFF_TILE)
+    """Blocks for a GeoTIFF: one band each (TIFF stores bands one after another), and by
+    default rows of blocks (what the writer holds, twice) near GEOTIFF_ROW_BYTES."""
     block = list(input_block)
-    block[y] = min(block[y], rows * stride)
+    if "c" in axes:
+        block[axes.index("c")] = 1
+    if default:
+        y = axes.index("y")
+        row_bytes = output_shape[-1] * dtype.itemsize
+        rows = max(TIFF_TILE, GEOTIFF_ROW_BYTES // row_bytes // TIFF_TILE * TIFF_TILE)
+        block[y] = min(block[y], rows * total_stride(steps, y))
     return tuple(block)
+
+
+def total_stride(steps: list[StepPlan] | tuple[StepPlan, ...], axis: int) -> int:
+    """How many input samples apart consecutive outputs of the chain are, along ``axis``."""
+    return math.prod(s.axes[axis].stride for s in steps)
 
 
 def align_block(
@@ -396,7 +426,7 @@ def align_block(
     the chunk (at least one), so that no chunk is shared by two blocks."""
     aligned = []
     for d, (block, chunk, n) in enumerate(zip(input_block, chunks, output_shape, strict=True)):
-        stride = math.prod(s.axes[d].stride for s in steps)
+        stride = total_stride(steps, d)
         out_block = min(max(1, block // stride), n)
         if out_block < n:
             out_block = max(chunk, out_block // chunk * chunk)
@@ -441,12 +471,9 @@ def plan_storage(output: OutputConfig, input_kind: str, axes: str, shape: tuple[
                 f"output.pyramid: {output.pyramid} levels would halve the output {shape} below one sample; "
                 f"at most {most}"
             )
-    if output.shards:
-        if format_name == "geotiff" or (format_name == "ome-zarr" and ngff_version == "0.4"):
-            what = "GeoTIFF" if format_name == "geotiff" else "OME-Zarr 0.4 (Zarr v2)"
-            raise ConfigError(f"output.shards: {what} has no shards; shards need Zarr v3 (zarr, or ome-zarr 0.5)")
-        if chunks is None:
-            return Storage(format_name, codec, None, True, output.pyramid, ngff_version)
+    if output.shards and (format_name == "geotiff" or (format_name == "ome-zarr" and ngff_version == "0.4")):
+        what = "GeoTIFF" if format_name == "geotiff" else "OME-Zarr 0.4 (Zarr v2)"
+        raise ConfigError(f"output.shards: {what} has no shards; shards need Zarr v3 (zarr, or ome-zarr 0.5)")
     if format_name == "ome-zarr":
         problem = ngff.axes_problem(axes)
         if problem:

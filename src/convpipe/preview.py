@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convpipe import config as config_module
+from convpipe import coords
 from convpipe.config import Config
 from convpipe.errors import ConfigError, RunError
 from convpipe.io.inputs import ArrayReader, open_input
@@ -463,9 +464,7 @@ def _axes_units(
     """Axis labels, and (scale, translation) from input pixels to them: the input's physical
     coordinates when its file has them (OME-Zarr, OME-TIFF, ImageJ, GeoTIFF), else pixels."""
     frame = plan.input_frame
-    if frame is None or all(
-        frame[d].scale == 1 and frame[d].translation == 0 and frame[d].unit is None for d in (rows, cols)
-    ):
+    if frame is None or coords.is_identity((frame[rows], frame[cols])):
         return (f"{plan.axes[rows]} (input pixels)", f"{plan.axes[cols]} (input pixels)"), ((1.0, 0.0), (1.0, 0.0))
     labels = tuple(
         f"{plan.axes[d]} ({UNIT_SYMBOLS.get(frame[d].unit or '', frame[d].unit or 'physical units')})"

@@ -27,12 +27,13 @@ def source_bounds(
 
 def mean2(data: np.ndarray, halved: Sequence[int], dtype: np.dtype) -> np.ndarray:
     """The 2x mean of ``data`` along ``halved``, in ``dtype`` (integers rounded, as the chain's)."""
-    result = data.astype(np.float64 if data.dtype == np.float64 else np.float32)
+    result = data.astype(np.float64 if data.dtype == np.float64 else np.float32, copy=False)
     for axis in halved:
-        if result.shape[axis] % 2:
-            last = np.take(result, [-1], axis=axis)
-            result = np.concatenate([result, last], axis=axis)
-        pairs = list(result.shape)
-        pairs[axis : axis + 1] = [pairs[axis] // 2, 2]
-        result = result.reshape(pairs).mean(axis=axis + 1)
+        n = result.shape[axis]
+        first = result[(slice(None),) * axis + (slice(0, n - n % 2, 2),)]
+        second = result[(slice(None),) * axis + (slice(1, n, 2),)]
+        mean = (first + second) * 0.5
+        if n % 2:  # the odd last sample, alone
+            mean = np.concatenate([mean, result[(slice(None),) * axis + (slice(n - 1, n),)]], axis=axis)
+        result = mean
     return to_dtype(result, dtype)

@@ -25,8 +25,9 @@ from convpipe.config import Config
 from convpipe.engine import block_rows, pyramid_graph, write_graph
 from convpipe.errors import ConfigError, ConvpipeError, RunError
 from convpipe.io import geotiff, outputs
+from convpipe.io.geotiff import GeoInfo
 from convpipe.io.inputs import InputSpec, open_input
-from convpipe.plan import Plan, bind
+from convpipe.plan import GEOTIFF_ENCODE_BYTES, Plan, bind
 from convpipe.progress import Progress
 
 LOCAL_SCHEDULERS = {"threads": "threads", "processes": "processes", "sync": "synchronous"}
@@ -72,22 +73,29 @@ def provenance(config: Config, plan: Plan) -> dict[str, Any]:
         "storage": {
             "format": plan.storage.format,
             "codec": plan.storage.codec,
-            "chunks": list(plan.storage_chunks),
+            "chunks": list(plan.storage.chunks if plan.storage.format == "geotiff" else plan.storage_chunks),
             "shards": list(plan.shard_shape) if plan.shard_shape else None,
             "levels": len(plan.level_shapes()),
         },
     }
 
 
-def geo_attributes(config: Config, plan: Plan) -> dict[str, Any]:
-    """The output's georeferencing, when the input is a GeoTIFF: under ``geo`` (and GDAL's ``_CRS``)."""
+def output_geo(config: Config, plan: Plan) -> GeoInfo | None:
+    """The output's georeferencing, when the input is a GeoTIFF: moved through the chain, and
+    without a nodata value the output dtype cannot hold."""
     geo = open_input(input_spec(config)).geo
     if geo is None or "x" not in plan.axes or "y" not in plan.axes:
+        return None
+    return geo.through(plan.sample_frame, plan.axes).for_dtype(plan.output_dtype)
+
+
+def geo_attributes(geo: GeoInfo | None) -> dict[str, Any]:
+    """Zarr attributes for the georeferencing: under ``geo``, and GDAL's ``_CRS``."""
+    if geo is None:
         return {}
-    moved = geo.through(plan.sample_frame, plan.axes)
-    attributes: dict[str, Any] = {"geo": moved.attributes()}
-    if moved.crs is not None:
-        code = moved.crs.split(":")[1]
+    attributes: dict[str, Any] = {"geo": geo.attributes()}
+    if geo.crs is not None:
+        code = geo.crs.split(":")[1]
         attributes["_CRS"] = {"url": f"http://www.opengis.net/def/crs/EPSG/0/{code}"}
     return attributes
 
@@ -238,7 +246,8 @@ def run(
                 outputs.remove_partial_writes(out)
                 done = outputs.written_blocks(out)
             else:
-                outputs.create(out, plan, record, geo_attributes(config, plan), name=Path(config.input.path).name)
+                extra = geo_attributes(output_geo(config, plan))
+                outputs.create(out, plan, record, extra, name=Path(config.input.path).name)
                 done = set()
             todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
             target = outputs.prepare(out, format_name)
@@ -272,9 +281,8 @@ def _run_geotiff(config: Config, plan: Plan, record: dict[str, Any], progress: s
     out = config.output.path
     start = time.perf_counter()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(out).with_name(Path(out).name + PARTIAL_SUFFIX)
-    moved = open_input(input_spec(config)).geo
-    geo = moved.through(plan.sample_frame, plan.axes) if moved is not None else None
+    partial = Path(out).with_name(Path(out).name + geotiff.PARTIAL_SUFFIX)
+    geo = output_geo(config, plan)
     assert plan.storage.chunks is not None  # planned: TIFF tiles, which may exceed a small image
     tile = (plan.storage.chunks[-2], plan.storage.chunks[-1])
     done = [0]
@@ -297,15 +305,12 @@ def _run_geotiff(config: Config, plan: Plan, record: dict[str, Any], progress: s
                     plan.storage.codec,
                     geo,
                     {"convpipe": json.dumps({**record, "complete": True})},
+                    GEOTIFF_ENCODE_BYTES,
                 )
             os.replace(partial, out)
         finally:
             partial.unlink(missing_ok=True)
     return RunResult(plan, out, plan.num_blocks, time.perf_counter() - start)
-
-
-#: A GeoTIFF is written under this suffix and renamed when whole.
-PARTIAL_SUFFIX = ".convpipe-partial"
 
 
 def _progress(

@@ -10,6 +10,7 @@ The CRS and the other GeoKeys are copied as they are.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 
 from convpipe.coords import AxisFrame, Frame
+from convpipe.errors import RunError
 
 # TIFF tags of the GeoTIFF standard and GDAL's nodata tag.
 MODEL_PIXEL_SCALE = 33550
@@ -82,6 +84,18 @@ class GeoInfo:
         )
         return GeoInfo(moved, _as_area(self.geokeys), self.geo_doubles, self.geo_ascii, self.nodata)
 
+    def for_dtype(self, dtype: np.dtype) -> GeoInfo:
+        """Without the nodata value if ``dtype`` cannot hold it (-9999 in uint8, say)."""
+        if self.nodata is None or np.dtype(dtype).kind == "f":
+            return self
+        try:
+            value = float(self.nodata)
+        except ValueError:
+            return dataclasses.replace(self, nodata=None)
+        info = np.iinfo(dtype)
+        fits = value.is_integer() and info.min <= value <= info.max
+        return self if fits else dataclasses.replace(self, nodata=None)
+
     def attributes(self) -> dict[str, Any]:
         """As output attributes (Zarr): plain JSON, and GDAL's ``_CRS`` when the CRS is EPSG."""
         record: dict[str, Any] = {
@@ -135,10 +149,13 @@ def _as_area(directory: Sequence[int]) -> tuple[int, ...]:
     return tuple(keys)
 
 
-def read_geo(tif: Any, axes: str | None) -> GeoInfo | None:
-    """The georeferencing of a TIFF's first page, or None if it has none (or only some)."""
-    page = tif.pages.first
-    tags = page.tags
+def read_geo(tif: Any, axes: str | None, series: int = 0, level: int = 0) -> GeoInfo | None:
+    """The georeferencing of a TIFF series (at a pyramid level), or None if it has none.
+
+    Overview levels cover the same ground with fewer, larger pixels: the corner stays, the
+    pixel vectors grow by the size ratio (GDAL's rule for overviews).
+    """
+    tags = tif.series[series].keyframe.tags
     directory = tags.get(GEO_KEY_DIRECTORY)
     if directory is None:
         return None
@@ -160,6 +177,11 @@ def read_geo(tif: Any, axes: str | None) -> GeoInfo | None:
         gt[3] -= (gt[4] + gt[5]) / 2
     if not all(math.isfinite(v) for v in gt):
         return None
+    if level and axes is not None and "x" in axes and "y" in axes:
+        base, shape = tif.series[series].levels[0].shape, tif.series[series].levels[level].shape
+        fx = base[axes.index("x")] / shape[axes.index("x")]
+        fy = base[axes.index("y")] / shape[axes.index("y")]
+        gt = [gt[0], gt[1] * fx, gt[2] * fy, gt[3], gt[4] * fx, gt[5] * fy]
     doubles = tags.get(GEO_DOUBLE_PARAMS)
     ascii_params = tags.get(GEO_ASCII_PARAMS)
     nodata = tags.get(GDAL_NODATA)
@@ -186,11 +208,10 @@ def tiles(rows: Iterator[list[np.ndarray]], tile: tuple[int, int]) -> Iterator[n
                         yield np.ascontiguousarray(plane[band, top : top + ty, left : left + tx])
 
 
-TIFF_COMPRESSION = {"deflate": "zlib", "zstd": "zstd", "none": None}
+#: A GeoTIFF is written under its name plus this suffix and renamed when whole.
+PARTIAL_SUFFIX = ".convpipe-partial"
 
-#: Tiles compressed at once (in parallel): tifffile's default, 512 MB, would hold more memory
-#: than the strips themselves.
-ENCODE_BUFFER_BYTES = 32 * 2**20
+TIFF_COMPRESSION = {"deflate": "zlib", "zstd": "zstd", "none": None}
 
 #: Past this many bytes a classic TIFF's 32-bit offsets may not reach: write BigTIFF.
 CLASSIC_TIFF_LIMIT = 2**32 - 2**28
@@ -205,11 +226,13 @@ def write(
     codec: str,
     geo: GeoInfo | None,
     metadata: dict[str, str],
+    encode_bytes: int,
 ) -> None:
     """Write a tiled, compressed (Big)GeoTIFF from rows of blocks, each whole tile rows high,
     top to bottom (for bands, all of band 0 first). Nothing is held beyond the row at hand.
 
-    ``metadata`` goes in GDAL's metadata tag, where gdalinfo and QGIS show it.
+    ``metadata`` goes in GDAL's metadata tag, where gdalinfo and QGIS show it; tiles are
+    compressed ``encode_bytes`` at a time.
     """
     import tifffile
 
@@ -220,18 +243,21 @@ def write(
         (GDAL_METADATA, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True),
     ]
     bigtiff = math.prod(shape) * np.dtype(dtype).itemsize > CLASSIC_TIFF_LIMIT
-    tifffile.imwrite(
-        path,
-        data=tiles(rows, tile),
-        shape=shape,
-        dtype=dtype,
-        tile=tile,
-        compression=compression,
-        predictor=compression is not None,  # horizontal, or floating point for floats
-        photometric="minisblack",
-        planarconfig="separate" if len(shape) == 3 else None,
-        bigtiff=bigtiff,
-        extratags=tags,
-        metadata=None,  # no tifffile JSON description: GDAL_METADATA holds ours
-        buffersize=ENCODE_BUFFER_BYTES,
-    )
+    try:
+        tifffile.imwrite(
+            path,
+            data=tiles(rows, tile),
+            shape=shape,
+            dtype=dtype,
+            tile=tile,
+            compression=compression,
+            predictor=compression is not None,  # horizontal, or floating point for floats
+            photometric="minisblack",
+            planarconfig="separate" if len(shape) == 3 else None,
+            bigtiff=bigtiff,
+            extratags=tags,
+            metadata=None,  # no tifffile JSON description: GDAL_METADATA holds ours
+            buffersize=encode_bytes,
+        )
+    except ValueError as error:  # tifffile's word for a tag or layout it cannot write
+        raise RunError(f"output {path}: cannot write the GeoTIFF ({error})") from None

@@ -10,8 +10,8 @@ from typing import Any
 from convpipe.coords import Frame, is_identity
 from convpipe.errors import RunError
 from convpipe.io import outputs
-from convpipe.io.geotiff import GDAL_METADATA, read_geo
-from convpipe.io.inputs import TIFF_SUFFIXES, axis_letters
+from convpipe.io.geotiff import GDAL_METADATA, PARTIAL_SUFFIX, read_geo
+from convpipe.io.inputs import TIFF_SUFFIXES, axis_letters, multiscales
 from convpipe.io.metadata import ngff_frame, tiff_frame
 
 
@@ -98,7 +98,10 @@ def _ome_zarr(node: Any, path: str, image: dict[str, Any], version: str) -> dict
             continue
         described = _zarr_array(array, str(Path(path) / str(dataset["path"])))
         described.pop("axes", None)
-        described["coordinates"] = _frame(axes, ngff_frame(image, level)) if len(axes) == array.ndim else []
+        try:
+            described["coordinates"] = _frame(axes, ngff_frame(image, level)) if len(axes) == array.ndim else []
+        except ValueError as error:
+            described["coordinates"] = [f"unreadable: {error}"]
         levels[f"{dataset['path']} (level {level})"] = described
     info["arrays"] = levels
     return {**info, **_about(dict(node.attrs), path)}
@@ -113,12 +116,9 @@ def _zarr(path: str) -> dict[str, Any]:
         raise RunError(f"{path}: not a readable Zarr array or group ({error})") from None
     if isinstance(node, zarr.Array):
         return {"path": path, **_zarr_array(node, path)}
-    attributes = dict(node.attrs)
-    ome = attributes.get("ome") if isinstance(attributes.get("ome"), dict) else {}
-    multiscales = ome.get("multiscales") or attributes.get("multiscales")
-    if isinstance(multiscales, list) and multiscales and isinstance(multiscales[0], dict):
-        version = ome.get("version") or multiscales[0].get("version", "?")
-        return _ome_zarr(node, path, multiscales[0], str(version))
+    ngff = multiscales(dict(node.attrs))
+    if ngff is not None:
+        return _ome_zarr(node, path, ngff[0][0], ngff[1])
     members = {name: _zarr_array(array, str(Path(path) / name)) for name, array in sorted(node.arrays())}
     return {"path": path, "format": f"Zarr v{node.metadata.zarr_format} group", "arrays": members}
 
@@ -152,7 +152,7 @@ def _tiff(path: str) -> dict[str, Any]:
             frame = tiff_frame(tif, 0, 0, axes)
             if axes is not None and not is_identity(frame):
                 info["coordinates"] = _frame(axes, frame)
-            geo = read_geo(tif, axes)
+            geo = read_geo(tif, axes)  # series 0, level 0: what the lines above describe
             if geo is not None:
                 info["crs"] = geo.crs or "user-defined (see its GeoKeys)"
                 info["geotransform"] = list(geo.geotransform)
@@ -161,6 +161,8 @@ def _tiff(path: str) -> dict[str, Any]:
             made = _gdal_metadata(page).get("convpipe")
             if made:
                 info.update(_status(json.loads(made), path))
+                if path.endswith(PARTIAL_SUFFIX):
+                    info["status"] = "partial: an unfinished GeoTIFF write (the next run removes it)"
             return info
     except Exception as error:
         raise RunError(f"{path}: not a readable TIFF ({error})") from None
@@ -182,4 +184,5 @@ def describe(path: str) -> dict[str, Any]:
     """Shape, dtype, chunks, axes, codecs and (for convpipe outputs) completeness."""
     if not Path(path).exists():
         raise RunError(f"{path}: no such file or directory")
-    return _tiff(path) if path.lower().endswith(TIFF_SUFFIXES) else _zarr(path)
+    name = path.lower().removesuffix(PARTIAL_SUFFIX)
+    return _tiff(path) if name.endswith(TIFF_SUFFIXES) else _zarr(path)

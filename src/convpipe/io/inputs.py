@@ -180,11 +180,11 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
     frame = None
     kind = "zarr"
     if isinstance(node, zarr.Group):
-        multiscales = _multiscales(node)
+        ngff = multiscales(dict(node.attrs))
         arrays = sorted(name for name, _ in node.arrays())
         name = spec.array
-        if name is None and multiscales is not None:
-            name, axes, frame = _ngff_level(multiscales, spec)
+        if name is None and ngff is not None:
+            name, axes, frame = _ngff_level(ngff[0], spec)
             kind = "ome-zarr"
         if name is None:
             if len(arrays) != 1:
@@ -209,11 +209,13 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
     return ArrayReader(node, spec.path, axes, spec.cache_bytes, frame, kind)
 
 
-def _multiscales(group: Any) -> list[dict[str, Any]] | None:
-    """OME-NGFF multiscales metadata: 0.5 keeps it under ``ome``, 0.4 at the top."""
-    attributes = dict(group.attrs)
-    found = attributes.get("ome", {}).get("multiscales") or attributes.get("multiscales")
-    return found if isinstance(found, list) and found else None
+def multiscales(attributes: dict[str, Any]) -> tuple[list[dict[str, Any]], str] | None:
+    """OME-NGFF multiscales metadata and its version: 0.5 keeps it under ``ome``, 0.4 at the top."""
+    ome = attributes.get("ome") if isinstance(attributes.get("ome"), dict) else {}
+    found = ome.get("multiscales") or attributes.get("multiscales")
+    if not isinstance(found, list) or not found or not isinstance(found[0], dict):
+        return None
+    return found, str(ome.get("version") or found[0].get("version", "?"))
 
 
 def _ngff_level(multiscales: list[dict[str, Any]], spec: InputSpec) -> tuple[str, str | None, Frame | None]:
@@ -225,7 +227,11 @@ def _ngff_level(multiscales: list[dict[str, Any]], spec: InputSpec) -> tuple[str
             f"input.level: {spec.path} has {len(datasets)} levels (0 to {len(datasets) - 1}); got {spec.level}"
         )
     names = [axis.get("name") if isinstance(axis, dict) else axis for axis in image.get("axes", [])]
-    return str(datasets[spec.level]["path"]), axis_letters(names), ngff_frame(image, spec.level)
+    try:
+        frame = ngff_frame(image, spec.level)
+    except ValueError as error:
+        raise RunError(f"input {spec.path}: its OME-Zarr metadata for level {spec.level} is broken: {error}") from None
+    return str(datasets[spec.level]["path"]), axis_letters(names), frame
 
 
 def axis_letters(names: Sequence[Any]) -> str | None:
@@ -267,7 +273,7 @@ def _open_tiff(spec: InputSpec) -> ArrayReader:
                 _check_tiff_data(tif, tif.series[spec.series].levels[spec.level])
                 letters = axis_letters(list(axes.replace("S", "C")))
                 frame = tiff_frame(tif, spec.series, spec.level, letters)
-                geo = read_geo(tif, letters)
+                geo = read_geo(tif, letters, spec.series, spec.level)
                 if geo is not None:
                     frame = geo.frame(frame, letters)
     except FileNotFoundError:

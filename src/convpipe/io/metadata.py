@@ -7,8 +7,8 @@ that say nothing give the identity frame. GeoTIFF lives in ``convpipe.io.geotiff
 
 from __future__ import annotations
 
+import math
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Sequence
 from typing import Any
 
 from convpipe.coords import AxisFrame, Frame, identity
@@ -67,21 +67,29 @@ def _transforms(listed: Any, ndim: int) -> tuple[list[float], list[float]]:
     for transform in listed if isinstance(listed, list) else ():
         if not isinstance(transform, dict):
             continue
-        values = transform.get(transform.get("type"))
-        if not isinstance(values, list) or len(values) != ndim:
-            continue  # a "path" transform (values in a file) or a malformed one: ignored
-        if transform["type"] == "scale":
+        kind = transform.get("type")
+        if kind not in ("scale", "translation"):
+            continue  # identity, or a transform convpipe does not apply
+        values = transform.get(kind)
+        if not isinstance(values, list) or len(values) != ndim or not all(_is_number(v) for v in values):
+            raise ValueError(f"the {kind} {values!r} is not {ndim} numbers, one per axis")
+        if kind == "scale":
             scale = [float(v) for v in values]
-        elif transform["type"] == "translation":
+        else:
             translation = [float(v) for v in values]
     return scale, translation
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def ngff_frame(image: dict[str, Any], level: int) -> Frame:
     """The frame of one level of an NGFF multiscale image (0.4 or 0.5).
 
     The dataset's own transforms come first, then the multiscale's shared ones (NGFF: "applied
-    after"): position = (i * s_d + t_d) * s_m + t_m.
+    after"): position = (i * s_d + t_d) * s_m + t_m. Malformed values raise ValueError: an
+    image whose coordinates cannot be read is not silently put somewhere else.
     """
     axes = image.get("axes", [])
     ndim = len(axes)
@@ -113,20 +121,32 @@ def _ome_sizes(xml: str, image_index: int) -> dict[str, AxisFrame]:
         return {}
     sizes = {}
     for letter in "xyz":
-        size = pixels.get(f"PhysicalSize{letter.upper()}")
+        size = _positive(pixels.get(f"PhysicalSize{letter.upper()}"))
         if size is not None:
             unit = pixels.get(f"PhysicalSize{letter.upper()}Unit", "µm")  # OME's default unit
-            sizes[letter] = AxisFrame(float(size), 0.0, unit_name(unit))
-    interval = pixels.get("TimeIncrement")
+            sizes[letter] = AxisFrame(size, 0.0, unit_name(unit))
+    interval = _positive(pixels.get("TimeIncrement"))
     if interval is not None:
-        sizes["t"] = AxisFrame(float(interval), 0.0, unit_name(pixels.get("TimeIncrementUnit", "s")))
+        sizes["t"] = AxisFrame(interval, 0.0, unit_name(pixels.get("TimeIncrementUnit", "s")))
     return sizes
+
+
+def _positive(text: Any) -> float | None:
+    """A size OME-XML gives, or None when it is missing or not a positive number (a broken
+    field costs the pixel size, not the image)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and value > 0 else None
 
 
 def _imagej_sizes(tif: Any) -> dict[str, AxisFrame]:
     """Pixel sizes ImageJ writes: X/YResolution (pixels per unit), ``spacing`` for z."""
     meta = tif.imagej_metadata or {}
-    unit = unit_name(meta.get("unit"))
+    unit = meta.get("unit")
+    # ImageJ writes yunit/zunit only where they differ from x's unit, tunit where not seconds.
+    units = {"x": unit, "y": meta.get("yunit", unit), "z": meta.get("zunit", unit), "t": meta.get("tunit", "s")}
     page = tif.pages.first
     sizes = {}
     for letter, tag in (("x", "XResolution"), ("y", "YResolution")):
@@ -134,11 +154,11 @@ def _imagej_sizes(tif: Any) -> dict[str, AxisFrame]:
         if value is not None:
             numerator, denominator = value.value
             if numerator > 0 and denominator > 0 and (numerator, denominator) != (1, 1):
-                sizes[letter] = AxisFrame(denominator / numerator, 0.0, unit)
-    if isinstance(meta.get("spacing"), int | float) and meta["spacing"] > 0:
-        sizes["z"] = AxisFrame(float(meta["spacing"]), 0.0, unit)
-    if isinstance(meta.get("finterval"), int | float) and meta["finterval"] > 0:
-        sizes["t"] = AxisFrame(float(meta["finterval"]), 0.0, "second")
+                sizes[letter] = AxisFrame(denominator / numerator, 0.0, unit_name(units[letter]))
+    for letter, key in (("z", "spacing"), ("t", "finterval")):
+        size = _positive(meta.get(key))
+        if size is not None:
+            sizes[letter] = AxisFrame(size, 0.0, unit_name(units[letter]))
     return sizes
 
 
@@ -161,10 +181,17 @@ def tiff_frame(tif: Any, series: int, level: int, axes: str | None) -> Frame:
     frame = []
     for letter, n, n0 in zip(axes, shape, base, strict=True):
         axis = sizes.get(letter, AxisFrame())
-        factor = n0 / n if n else 1.0
+        factor = _level_factor(n0, n)
         frame.append(AxisFrame(axis.scale * factor, axis.scale * (factor - 1) / 2, axis.unit))
     return tuple(frame)
 
 
-def frame_units(frame: Sequence[AxisFrame]) -> list[str | None]:
-    return [f.unit for f in frame]
+def _level_factor(base: int, length: int) -> float:
+    """How many level-0 samples one sample of a level spans: a whole number when the level is
+    the base divided by it, rounded either way (1001 -> 501 is a factor of 2, not 1.998)."""
+    if length <= 0:
+        return 1.0
+    whole = round(base / length)
+    if whole >= 1 and length in (base // whole, -(-base // whole)):
+        return float(whole)
+    return base / length

@@ -180,57 +180,64 @@ def create(
     """Create the empty output, marked incomplete, with its provenance (and NGFF metadata).
 
     A Zarr output is one array; an OME-Zarr output is a group holding level ``0`` and the
-    pyramid levels. An existing output at ``path`` is replaced; the caller holds its lock.
+    pyramid levels. An existing output at ``path`` is replaced; the caller holds its lock,
+    which stays (zarr is told not to clear the folder: we empty it ourselves, lock aside).
     """
     import zarr
 
     storage = plan.storage
     target = Path(path)
+    zarr_format = 2 if storage.format == "ome-zarr" and storage.ngff_version == "0.4" else 3
+    status = {**(extra or {}), "convpipe": {**attributes, "complete": False}}
+    if storage.format == "ome-zarr":
+        shapes = plan.level_shapes()
+        arrays = [(str(level), _array_options(plan, shape, zarr_format)) for level, shape in enumerate(shapes)]
+        # NGFF has no CRS and wants increasing coordinates: a north-up raster's negative y
+        # spacing would flip it, so such an image is described in input pixels (its CRS and
+        # geotransform are in the ``geo`` attribute).
+        physical = all(axis.scale > 0 for axis in plan.output_frame)
+        frames = plan.level_frames(physical)
+        attributes = {**ngff.group_attributes(plan.axes, frames, name, storage.ngff_version), **status}
+    else:
+        arrays = [("", {**_array_options(plan, plan.output_shape, 3), "attributes": status})]
     for entry in target.iterdir() if target.exists() else ():
         if entry.name != LOCK_FILE:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    zarr_format = 2 if storage.format == "ome-zarr" and storage.ngff_version == "0.4" else 3
-    status = {**(extra or {}), "convpipe": {**attributes, "complete": False}}
     try:
         if storage.format == "ome-zarr":
-            frames = plan.level_frames()
-            metadata = ngff.group_attributes(plan.axes, frames, name, storage.ngff_version)
-            group = zarr.open_group(str(target), mode="w", zarr_format=zarr_format, attributes={**metadata, **status})
-            for level, shape in enumerate(plan.level_shapes()):
-                _create_array(group, str(level), plan, shape, zarr_format, {})
+            group = zarr.create_group(str(target), zarr_format=zarr_format, attributes=attributes, overwrite=False)
+            for array_name, options in arrays:
+                group.create_array(array_name, **options)
         else:
-            _create_array(str(target), None, plan, plan.output_shape, 3, status)
+            zarr.create_array(store=str(target), zarr_format=3, **arrays[0][1])
         (target / BLOCKS_DIR).mkdir()
-    except OSError as error:
-        raise RunError(f"output {path}: cannot create it ({error.strerror or error})") from None
+    except (OSError, ValueError) as error:
+        detail = getattr(error, "strerror", None) or error
+        raise RunError(f"output {path}: cannot create it ({detail})") from None
 
 
-def _create_array(
-    where: Any, name: str | None, plan: Plan, shape: tuple[int, ...], zarr_format: int, attributes: dict[str, Any]
-) -> None:
-    import zarr
-
+def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict[str, Any]:
+    """How one array of the output is laid out: chunks (and shards) cut to its shape."""
     chunks = tuple(min(c, n) for c, n in zip(plan.storage_chunks, shape, strict=True))
-    shards = plan.shard_shape
     options: dict[str, Any] = {
         "shape": shape,
         "chunks": chunks,
         "dtype": plan.output_dtype,
         "compressors": compressors(plan.storage.codec, zarr_format),
         "fill_value": 0,
-        "attributes": attributes,
-        "overwrite": True,
+        "overwrite": False,
     }
     if zarr_format == 3:
         options["dimension_names"] = list(plan.axes)
-        if shards is not None:
-            options["shards"] = tuple(max(s, c) for s, c in zip(shards, chunks, strict=True))
+        if plan.shard_shape is not None:
+            # A level smaller than a chunk along an axis is one chunk there, and one shard.
+            options["shards"] = tuple(
+                shard if chunk == full else chunk
+                for shard, chunk, full in zip(plan.shard_shape, chunks, plan.storage_chunks, strict=True)
+            )
     else:
         options["chunk_key_encoding"] = {"name": "v2", "separator": "/"}  # NGFF 0.4 wants "/"
-    if name is None:
-        zarr.create_array(store=where, zarr_format=zarr_format, **options)
-    else:
-        where.create_array(name, **options)
+    return options
 
 
 def prepare(path: str, format_name: str = "zarr") -> OutputSpec:
