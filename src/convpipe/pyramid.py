@@ -1,8 +1,8 @@
 """Pyramid levels for viewers: each level a 2x mean of the one before, block by block.
 
-A level-k block reads the matching 2x region of level k-1 (never more), so the pyramid
-costs one more pass over a quarter (an eighth, in 3-D) of the output per level, in the
-same bounded memory as the chain. At an odd edge the last sample is the mean of the one
+A level-k block reads the matching 2x region of level k-1 (never more), so each level
+costs a read of the level below and a write of a quarter (an eighth, in 3-D) of it, in
+bounded memory (``Plan.memory_per_block`` counts the 2^d blocks a task reads). At an odd edge the last sample is the mean of the one
 sample there, as if it were repeated: no zeros creep in from beyond the border.
 """
 
