@@ -2,8 +2,9 @@
 
 A level-k block reads the matching 2x region of level k-1 (never more), so each level
 costs a read of the level below and a write of a quarter (an eighth, in 3-D) of it, in
-bounded memory (``Plan.memory_per_block`` counts the 2^d blocks a task reads). At an odd edge the last sample is the mean of the one
-sample there, as if it were repeated: no zeros creep in from beyond the border.
+bounded memory (``Plan.memory_per_block`` counts the 2^d blocks a task reads). At an odd
+edge the last sample is the mean of the one sample there, as if it were repeated: no zeros
+creep in from beyond the border.
 """
 
 from __future__ import annotations
