@@ -45,6 +45,11 @@ the first and last index along every axis (the borders): ``✓``/``✗`` with ``
 libvips is not expected to match to the bit and handles borders its own way, so ``≈`` gives its
 difference on the centre region only (kept 32 pixels clear of the borders).
 
+``--baseline SRC`` adds ``baseline``: convpipe run from another source tree (``SRC`` first on
+``PYTHONPATH``, e.g. ``git archive HEAD | tar -x -C /tmp/base`` then ``--baseline /tmp/base/src``)
+in the same alternation, for before/after figures from one run; its output must equal
+convpipe's to the bit (``= identical``), every sample compared.
+
 Inputs are generated once and cached under ``data/`` (``scripts/make_sample.py``; the demo's
 ``data/sample.zarr`` is reused for ``--size 16384``); outputs go to ``out/bench/runs`` and are
 deleted after each run; raw measurements are written as JSON (``--json``).
@@ -83,7 +88,7 @@ RUNS = OUT / "runs"
 CASES = ("edges", "edges-stride2", "kernel5", "median3", "volume")
 TOOLS = ("convpipe", "dask-image", "scipy", "floor", "vips")
 WORKER_TOOLS = ("dask-image", "scipy", "floor", "vips")
-EXACT = ("dask-image", "scipy")  # must match convpipe to float32 rounding
+EXACT = ("dask-image", "scipy", "baseline")  # must match convpipe to float32 rounding (baseline: to the bit)
 APPROX = ("vips",)  # a different implementation of the same chain: difference reported only
 SKIPS = {("vips", "volume"): "2-D only"}
 
@@ -418,7 +423,7 @@ def remove(path: Path) -> None:
 
 def command(tool: str, case: str, src: Path, dst: Path, config: Path, block: Sequence[int]) -> list[str]:
     """convpipe runs as its own CLI (config written beforehand); the others as this file's workers."""
-    if tool == "convpipe":
+    if tool in ("convpipe", "baseline"):
         return [sys.executable, "-c", CONVPIPE_CLI, "run", str(config), "--overwrite", "--quiet"]
     cmd = [sys.executable, str(Path(__file__).resolve()), "--run", tool, case]
     cmd += ["--input", str(src), "--output", str(dst)]
@@ -492,9 +497,26 @@ def check_case(case: str, tools: Sequence[str]) -> dict[str, dict[str, Any]]:
         if tool in (*EXACT, *APPROX) and path.exists():
             try:
                 results[tool] = compare(ref, path, exact=tool in EXACT)
+                if tool == "baseline":
+                    results[tool]["identical"] = identical(ref, path)
+                    results[tool]["ok"] &= results[tool]["identical"]
             except Exception as error:  # a broken output is a failed check, not a crashed bench
                 results[tool] = {"ok": False, "note": f"{type(error).__name__}: {error}"}
     return results
+
+
+def identical(ref_path: Path, path: Path) -> bool:
+    """Every sample equal to the bit (NaN where NaN), chunk by chunk of the reference."""
+    import zarr
+
+    a, b = zarr.open_array(str(ref_path), mode="r"), zarr.open_array(str(path), mode="r")
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    for index in np.ndindex(*[-(-n // c) for n, c in zip(a.shape, a.chunks, strict=True)]):
+        region = tuple(slice(i * c, (i + 1) * c) for i, c in zip(index, a.chunks, strict=True))
+        if not np.array_equal(a[region], b[region], equal_nan=True):
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------- reporting
@@ -579,6 +601,8 @@ def _match_cell(tool: str, check: dict[str, Any] | None) -> str:
         return f"✗ {check.get('note', '')}"
     if tool in APPROX:
         return f"≈ {check['max_rel_diff']:.1e} (centre)"
+    if "identical" in check:
+        return "= identical" if check["identical"] else f"✗ not identical ({check['max_rel_diff']:.1e})"
     return f"{'✓' if check['ok'] else '✗'} {check['max_rel_diff']:.1e}"
 
 
@@ -637,6 +661,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--json", type=Path, default=OUT / "results.json", help="raw measurements (default %(default)s)")
     ap.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="SRC",
+        help="also run convpipe from this source tree (put first on PYTHONPATH) as tool 'baseline'",
+    )
+    ap.add_argument(
         "--scale",
         type=float,
         nargs="*",
@@ -653,6 +683,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error("--repeat must be ≥ 1 and sizes ≥ 8")
     if args.run and (args.run[0] not in WORKERS or args.run[1] not in CASES or not args.input or not args.output):
         ap.error(f"usage: --run TOOL CASE --input P --output P; TOOL: {','.join(WORKERS)}; CASE: {','.join(CASES)}")
+    if args.baseline is not None:
+        if not (args.baseline / "convpipe" / "__init__.py").is_file():
+            ap.error(f"--baseline: {args.baseline} holds no convpipe package (give the src/ directory)")
+        args.baseline = args.baseline.resolve()
+        at = args.tools.index("convpipe") + 1 if "convpipe" in args.tools else 0
+        args.tools = [*args.tools[:at], "baseline", *args.tools[at:]]
     return args
 
 
@@ -680,8 +716,12 @@ def prepare(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
         cfg = convpipe_config(case, src, output_path("convpipe", case))
         config_path = OUT / "configs" / f"{case}.yaml"
         config_path.write_text(yaml.safe_dump(cfg, sort_keys=False, default_flow_style=None))
+        baseline_path = OUT / "configs" / f"{case}-baseline.yaml"
+        baseline = convpipe_config(case, src, output_path("baseline", case))
+        baseline_path.write_text(yaml.safe_dump(baseline, sort_keys=False, default_flow_style=None))
         plan = convpipe.make_plan(convpipe.from_dict(cfg))
         inputs[case] = {
+            "baseline_config": baseline_path,
             "zarr": src,
             "tif": None if case == "volume" else tif,
             "shape": shape,
@@ -705,7 +745,14 @@ def run_case(case: str, spec: dict[str, Any], args: argparse.Namespace, env: dic
             src = spec["tif"] if tool == "vips" else spec["zarr"]
             dst = output_path(tool, case)
             remove(dst)
-            result = measure(command(tool, case, src, dst, spec["config"], spec["block"]), env)
+            config, tool_env = spec["config"], env
+            if tool == "baseline":
+                config = spec["baseline_config"]
+                tool_env = {
+                    **env,
+                    "PYTHONPATH": os.pathsep.join(filter(None, [str(args.baseline), env.get("PYTHONPATH")])),
+                }
+            result = measure(command(tool, case, src, dst, config, spec["block"]), tool_env)
             result.update(case=case, tool=tool, rep=rep)
             runs.append(result)
             status = "ok" if result["returncode"] == 0 else f"FAILED (exit {result['returncode']})"

@@ -9,12 +9,13 @@ Plain numpy: the engine runs it inside Dask tasks, the tests call it directly.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from convpipe.geometry import axis_gather, axis_needs
+from convpipe.geometry import CONSTANT, AxisGather, AxisStep, axis_gather, axis_needs, padding_source
 from convpipe.ops import apply_op
 from convpipe.plan import StepPlan
 
@@ -33,9 +34,25 @@ def needed_indices(steps: Sequence[StepPlan], block: Sequence[tuple[int, int]]) 
     needs = [wanted]
     for step in reversed(steps):
         padding = step.config.padding
-        wanted = [axis_needs(w, axis, padding) for w, axis in zip(wanted, step.axes, strict=True)]
+        wanted = [_axis_needs(w, axis, padding) for w, axis in zip(wanted, step.axes, strict=True)]
         needs.append(wanted)
     return needs[::-1]
+
+
+def _axis_needs(wanted: np.ndarray, axis: AxisStep, padding: str) -> np.ndarray:
+    """``geometry.axis_needs``, without its window-by-window union for a run of outputs.
+
+    The windows of consecutive outputs overlap (or touch) when the stride is at most the
+    kernel size, so together they read one range of positions.
+    """
+    if len(wanted) and wanted[-1] - wanted[0] == len(wanted) - 1 and axis.stride <= axis.size:
+        low = int(wanted[0]) * axis.stride - axis.pad_before
+        high = int(wanted[-1]) * axis.stride - axis.pad_before + axis.size
+        if low >= 0 and high <= axis.n_in:
+            return np.arange(low, high)
+        sources = padding_source(np.arange(low, high), axis.n_in, padding)
+        return np.unique(sources[sources != CONSTANT])
+    return axis_needs(wanted, axis, padding)
 
 
 def run_step(
@@ -53,7 +70,18 @@ def run_step(
     if any(len(w) == 0 for w in wanted):
         # Every output this block needs from here on comes from constant padding.
         return np.empty(tuple(len(w) for w in wanted), dtype=data.dtype)
+    window, gathers = gather_window(step, data, have, wanted)
+    return apply_step(step, window, gathers, value_range, finite)
+
+
+def gather_window(
+    step: StepPlan, data: np.ndarray, have: Sequence[np.ndarray], wanted: Sequence[np.ndarray]
+) -> tuple[np.ndarray, list[AxisGather]]:
+    """The step's padded window (a view of ``data`` away from the image border) and its gathers."""
     gathers = [axis_gather(w, h, axis, step.config.padding) for w, h, axis in zip(wanted, have, step.axes, strict=True)]
+    window = _gather_runs(data, [g.take for g in gathers], step.config.cval)
+    if window is not None:
+        return window, gathers
     window = data
     for axis, gather in enumerate(gathers):
         if gather.needs_constant:
@@ -65,6 +93,17 @@ def run_step(
             window = window[(slice(None),) * axis + (gather.take,)]
         else:
             window = np.take(window, gather.take, axis=axis)
+    return window, gathers
+
+
+def apply_step(
+    step: StepPlan,
+    window: np.ndarray,
+    gathers: Sequence[AxisGather],
+    value_range: ValueRange | None,
+    finite: bool = True,
+) -> np.ndarray:
+    """Apply the step's operation to its gathered window and keep the wanted outputs."""
     # NaN and infinity follow IEEE arithmetic on purpose: no warnings about them.
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         result = apply_op(step.op, window, tuple(a.stride for a in step.axes), value_range, finite)
@@ -74,26 +113,204 @@ def run_step(
     return result
 
 
+#: A border gather is copied run by run (a run: consecutive, reversed or repeated samples,
+#: or the constant) into one array, when it has at most this many pieces; else np.take.
+MAX_GATHER_PIECES = 256
+
+
+def _gather_runs(data: np.ndarray, takes: Sequence[slice | np.ndarray], cval: float) -> np.ndarray | None:
+    """The window ``data`` indexed by ``takes`` (index ``len`` along an axis: the constant).
+
+    All slices: a view. Otherwise one array, filled by slice copies (at an image border,
+    reflect is a reversed run then the block): not one block-sized copy per padded axis.
+    None when the index splits into too many runs.
+    """
+    if all(isinstance(t, slice) for t in takes):
+        return data[tuple(takes)]
+    pieces: list[list[tuple[slice, slice | None]]] = []
+    shape = []
+    for take, n in zip(takes, data.shape, strict=True):
+        if isinstance(take, slice):
+            pieces.append([(slice(None), take)])
+            shape.append(len(range(*take.indices(n))))
+            continue
+        runs = _runs(np.asarray(take), n)
+        if runs is None:
+            return None
+        pieces.append(runs)
+        shape.append(len(take))
+    if math.prod(len(p) for p in pieces) > MAX_GATHER_PIECES:
+        return None
+    out = np.empty(tuple(shape), dtype=data.dtype)
+    for combination in itertools.product(*pieces):
+        target = tuple(t for t, _ in combination)
+        sources = [s for _, s in combination]
+        if any(s is None for s in sources):
+            out[target] = cval
+        else:
+            out[target] = data[tuple(sources)]  # type: ignore[index]
+    return out
+
+
+def _runs(take: np.ndarray, n: int) -> list[tuple[slice, slice | None]] | None:
+    """Split a gather index into (target, source) slices: runs of consecutive, reversed or
+    repeated indices (a repeated one is broadcast), or of the constant (source None)."""
+    runs: list[tuple[slice, slice | None]] = []
+    start = 0
+    while start < len(take):
+        if len(runs) == MAX_GATHER_PIECES:
+            return None
+        rest = take[start:]
+        first = int(rest[0])
+        if first == n:
+            others = np.flatnonzero(rest != n)
+            length = int(others[0]) if len(others) else len(rest)
+            runs.append((slice(start, start + length), None))
+            start += length
+            continue
+        step = int(rest[1]) - first if len(rest) > 1 and rest[1] != n else 0
+        if step not in (-1, 0, 1):
+            step = 0
+        breaks = np.flatnonzero((np.diff(rest) != step) | (rest[1:] == n))
+        length = int(breaks[0]) + 1 if len(breaks) else len(rest)
+        last = first + step * (length - 1)
+        if step == 0:
+            source = slice(first, first + 1)  # broadcast over the run
+        elif step == 1:
+            source = slice(first, last + 1)
+        else:
+            source = slice(first, last - 1 if last >= 1 else None, -1)
+        runs.append((slice(start, start + length), source))
+        start += length
+    return runs
+
+
 def compute_block(
     steps: Sequence[StepPlan],
     read: Reader,
     block: Sequence[tuple[int, int]],
     compute_dtype: np.dtype,
     value_ranges: Sequence[ValueRange | None] | None = None,
+    integer_input: bool = False,
+    read_into: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """The chain's output over ``block`` (one [start, stop) per axis), in ``compute_dtype``."""
+    """The chain's output over ``block`` (one [start, stop) per axis), in ``compute_dtype``.
+
+    ``integer_input``: the input holds integers (always finite). ``read_into(indices, out)``,
+    if given, reads into ``out`` (converting): the first step's padded window is then read in
+    place, its padding copied from the samples read, without a block-sized gather.
+    """
     needs = needed_indices(steps, block)
-    raw = np.asarray(read(needs[0]))
-    # Integers are always finite; float input is checked once. Every parameter (cval,
-    # threshold values, weights) is finite, so finite input stays finite (overflow aside).
-    finite = raw.dtype.kind in "biu" or bool(np.isfinite(raw).all())
-    data = raw.astype(compute_dtype, copy=False)
+    window: np.ndarray | None = None
+    if read_into is not None and steps and all(len(w) for w in needs[1]):
+        first = steps[0]
+        gathers = [
+            axis_gather(w, h, axis, first.config.padding)
+            for w, h, axis in zip(needs[1], needs[0], first.axes, strict=True)
+        ]
+        window = _read_padded(read_into, needs[0], gathers, steps[0].config.cval, compute_dtype)
+    if window is not None:
+        finite = integer_input or bool(np.isfinite(window).all())
+        data = window
+    else:
+        raw = np.asarray(read(needs[0]))
+        # Integers are always finite; float input is checked once. Every parameter (cval,
+        # threshold values, weights) is finite, so finite input stays finite (overflow aside).
+        finite = integer_input or raw.dtype.kind in "biu" or bool(np.isfinite(raw).all())
+        data = raw.astype(compute_dtype, copy=False)
+        del raw  # the input samples, if converted: not held while the steps run
     for k, step in enumerate(steps):
         value_range = value_ranges[k] if value_ranges is not None else None
-        data = run_step(step, data, needs[k], needs[k + 1], value_range, finite)
+        if k == 0 and window is not None:
+            del data
+            data = apply_step(step, window, gathers, value_range, finite)
+            window = None
+        elif any(len(w) == 0 for w in needs[k + 1]):
+            data = run_step(step, data, needs[k], needs[k + 1], value_range, finite)
+        else:
+            window, gathers = gather_window(step, data, needs[k], needs[k + 1])
+            del data  # a gathered copy holds what the step needs: free its input now
+            data = apply_step(step, window, gathers, value_range, finite)
+            window = None
         if value_range is not None and not all(math.isfinite(v) for v in value_range):
             finite = False  # rescaling by an infinite range makes NaN of finite pixels
     return data
+
+
+def _read_padded(
+    read_into: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray],
+    have: Sequence[np.ndarray],
+    gathers: Sequence[AxisGather],
+    cval: float,
+    dtype: np.dtype,
+) -> np.ndarray | None:
+    """A step's padded window over the samples ``have``, read from storage into place.
+
+    Along each axis the window's longest ascending run of samples is read (one box, all
+    axes at once); every other run (a border's reflection, a repeated edge, the constant)
+    lies within it and is copied from it afterwards, axis after axis. None when an axis
+    has no such layout (``wrap`` reads the far side of the image).
+    """
+    layout = []
+    lengths = []
+    for gather, h in zip(gathers, have, strict=True):
+        take = gather.take
+        if isinstance(take, slice):
+            start, stop, step = take.indices(len(h))
+            if step != 1 or stop <= start:
+                return None
+            layout.append((slice(0, stop - start), slice(start, stop), []))
+            lengths.append(stop - start)
+            continue
+        lengths.append(len(take))
+        take = np.asarray(take)
+        start, stop = _longest_ascending(take, len(h))
+        if stop - start < 2:
+            return None
+        main = (slice(start, stop), slice(int(take[start]), int(take[stop - 1]) + 1))
+        before_runs, after_runs = _runs(take[:start], len(h)), _runs(take[stop:], len(h))
+        if before_runs is None or after_runs is None:
+            return None
+        others = before_runs + [(slice(t.start + stop, t.stop + stop), src) for t, src in after_runs]
+        for _, source in others:
+            if source is not None:
+                first, last = _run_ends(source)
+                if min(first, last) < main[1].start or max(first, last) >= main[1].stop:
+                    return None
+        layout.append((main[0], main[1], others))
+    window = np.empty(tuple(lengths), dtype=dtype)
+    read_into([h[s] for h, (_, s, _) in zip(have, layout, strict=True)], window[tuple(t for t, _, _ in layout)])
+    for axis, (target, source, others) in enumerate(layout):
+        offset = target.start - source.start
+        before = (slice(None),) * axis
+        for piece, origin in others:
+            if origin is None:
+                window[(*before, piece)] = cval
+                continue
+            first, last = _run_ends(origin)
+            step = -1 if last < first else 1
+            stop = last + offset + step
+            window[(*before, piece)] = window[(*before, slice(first + offset, stop if stop >= 0 else None, step))]
+    return window
+
+
+def _longest_ascending(take: np.ndarray, n: int) -> tuple[int, int]:
+    """[start, stop) of the longest stretch of ``take`` holding consecutive samples (not the
+    constant, index ``n``)."""
+    step = (np.diff(take) == 1) & (take[:-1] != n) & (take[1:] != n)
+    if not step.any():
+        return 0, min(1, len(take)) if len(take) and take[0] != n else 0
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], step.astype(np.int8), [0]])))
+    starts, stops = edges[::2], edges[1::2]
+    best = int(np.argmax(stops - starts))
+    return int(starts[best]), int(stops[best]) + 1
+
+
+def _run_ends(source: slice) -> tuple[int, int]:
+    """First and last index of a run's source slice (see _runs)."""
+    if source.step == -1:
+        return source.start, (source.stop + 1 if source.stop is not None else 0)
+    return source.start, source.stop - 1
 
 
 def to_dtype(data: np.ndarray, dtype: np.dtype) -> np.ndarray:

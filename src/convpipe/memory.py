@@ -33,8 +33,33 @@ def use_one_arena() -> None:
         libc.mallopt(M_ARENA_MAX, 1)
 
 
-def release_free_memory() -> None:
-    """Return freed memory to the operating system (cheap: called once per block)."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+@functools.cache
+def _mallinfo2() -> Any:
     libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
+    try:
+        function = libc.mallinfo2  # glibc >= 2.33
+    except AttributeError:
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+def release_free_memory(slack: int = 0) -> None:
+    """Return freed memory to the operating system (cheap: called once per block), unless
+    the allocator holds at most ``slack`` bytes of it: memory kept is reused by the next
+    block without being faulted in afresh (README, "Performance")."""
+    libc = _libc()
+    if libc is None:
+        return
+    if slack > 0:
+        info = _mallinfo2()
+        if info is not None and info().fordblks <= slack:
+            return
+    libc.malloc_trim(0)

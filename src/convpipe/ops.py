@@ -146,6 +146,9 @@ class Gradient:
     def apply(self, window: np.ndarray, stride: Stride, finite: bool = True) -> np.ndarray:
         if not self.magnitude:
             return self.components[0].apply(window, stride, finite)
+        factors = [c.parts[0].factors for c in self.components if len(c.parts) == 1 and c.parts[0].weight == 1.0]
+        if finite and window.ndim >= 2 and len(factors) == len(self.components) and None not in factors:
+            return self._separable_magnitude(window, stride, factors)  # type: ignore[arg-type]
         total: np.ndarray | None = None
         for component in self.components:
             derivative = component.apply(window, stride, finite)
@@ -153,6 +156,53 @@ class Gradient:
             total = derivative if total is None else np.add(total, derivative, out=total)
         assert total is not None
         return np.sqrt(total, out=total)
+
+    def _separable_magnitude(
+        self, window: np.ndarray, stride: Stride, factors: Sequence[tuple[np.ndarray, ...]]
+    ) -> np.ndarray:
+        """The magnitude of separable components (sobel, prewitt, scharr), band by band.
+
+        Band after band of outputs along the first axis (rows in 2-D, planes in 3-D), every
+        component is filtered, squared and summed while the band is still in cache, into one
+        contiguous result; components that smooth the same way along the leading axes share
+        that pass (in 3-D, the y and x derivatives both smooth along z). Every output sees the
+        same arithmetic, in the same order, as filtering the whole window at once.
+        """
+        size, step = self.size[0], stride[0]
+        count = (window.shape[0] - size) // step + 1
+        plane = math.prod(window.shape[1:]) * window.itemsize
+        rows = max(MIN_BAND, (BAND_BYTES // plane - size) // step + 1)
+        out: np.ndarray | None = None
+        scratch: np.ndarray | None = None
+        for first in range(0, count, rows):
+            last = min(count, first + rows)
+            band = window[first * step : (last - 1) * step + size]
+            leading: dict[bytes, np.ndarray] = {}
+            total: np.ndarray | None = None
+            for parts in factors:
+                key = b"|".join(np.asarray(f, dtype=np.float64).tobytes() for f in parts[:-2])
+                if key not in leading:
+                    leading[key] = backend.separable_leading(band, parts, stride)
+                derivative = backend.separable_planes(leading[key], parts, stride)
+                if out is None:
+                    out = np.empty((count, *derivative.shape[1:]), dtype=derivative.dtype)
+                    scratch = np.empty((min(rows, count), *derivative.shape[1:]), dtype=derivative.dtype)
+                assert scratch is not None
+                if total is None:
+                    total = np.square(derivative, out=out[first:last])
+                else:
+                    np.add(total, np.square(derivative, out=scratch[: last - first]), out=total)
+            assert total is not None
+            np.sqrt(total, out=total)
+        assert out is not None
+        return out
+
+
+#: Band outputs so that a band's input is about this big (it stays in cache while the
+#: components of a gradient magnitude are filtered, squared and summed), and at least
+#: MIN_BAND rows or planes long (fewer, larger calls).
+BAND_BYTES = 2**20
+MIN_BAND = 4
 
 
 @dataclass(frozen=True)
