@@ -46,6 +46,45 @@ class InputSpec:
         return self.path.lower().endswith(TIFF_SUFFIXES)
 
 
+class _Budget:
+    """Entries (anything with ``nbytes``) kept within ``limit`` bytes, least recently used
+    evicted first; the size is kept in step with every put and pop."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+        self.entries: collections.OrderedDict[tuple[int, ...], Any] = collections.OrderedDict()
+
+    def __contains__(self, key: tuple[int, ...]) -> bool:
+        return key in self.entries
+
+    def get(self, key: tuple[int, ...]) -> Any:
+        value = self.entries.get(key)
+        if value is not None:
+            self.entries.move_to_end(key)
+        return value
+
+    def pop(self, key: tuple[int, ...]) -> Any:
+        value = self.entries.pop(key, None)
+        if value is not None:
+            self.size -= value.nbytes
+        return value
+
+    def put(self, key: tuple[int, ...], value: Any) -> list[tuple[int, ...]]:
+        """Keep ``value`` (not if it alone exceeds the budget); returns the keys evicted."""
+        if value.nbytes > self.limit:
+            return []
+        self.pop(key)
+        self.entries[key] = value
+        self.size += value.nbytes
+        evicted = []
+        while self.size > self.limit and self.entries:
+            gone, old = self.entries.popitem(last=False)
+            self.size -= old.nbytes
+            evicted.append(gone)
+        return evicted
+
+
 class ChunkCache:
     """Decoded storage chunks that neighbouring blocks' halos share: bounded, thread-safe.
 
@@ -66,13 +105,9 @@ class ChunkCache:
         if strip_limit is None:  # a quarter of the budget, or STRIP_BYTES without one
             strip_limit = limit // 4 if limit else STRIP_BYTES
             limit -= strip_limit if limit else 0
-        self.limit = limit
-        self.strip_limit = strip_limit
-        self.items: collections.OrderedDict[tuple[int, ...], np.ndarray] = collections.OrderedDict()
-        self.strips: collections.OrderedDict[tuple[int, ...], _Strips] = collections.OrderedDict()
+        self.whole = _Budget(limit)
+        self.strips = _Budget(strip_limit)
         self.signatures: dict[tuple[int, ...], Any] = {}  # of the whole chunks and strips held
-        self.size = 0
-        self.strip_size = 0
         self.lock = threading.Lock()
         self.pending: dict[tuple[int, ...], threading.Event] = {}
         # How deep, per axis, blocks read beyond the chunks they hold entirely (the halo).
@@ -80,25 +115,17 @@ class ChunkCache:
 
     def get(self, key: tuple[int, ...]) -> np.ndarray | None:
         with self.lock:
-            value = self.items.pop(key, None)
-            if value is not None:
-                self.items[key] = value
-            return value
+            return self.whole.get(key)  # type: ignore[no-any-return]
 
     def put(self, key: tuple[int, ...], value: np.ndarray) -> None:
         with self.lock:
-            self._put(key, value)
+            self._keep(self.whole, key, value)
 
-    def _put(self, key: tuple[int, ...], value: np.ndarray) -> None:
-        if value.nbytes > self.limit:
-            return
-        old = self.items.pop(key, None)
-        self.size += value.nbytes - (old.nbytes if old is not None else 0)
-        self.items[key] = value
-        while self.size > self.limit and self.items:
-            gone, evicted = self.items.popitem(last=False)
-            self.size -= evicted.nbytes
-            if gone not in self.strips:
+    def _keep(self, budget: _Budget, key: tuple[int, ...], value: Any) -> None:
+        """Put into one budget; an evicted key's signature goes when neither kind holds it."""
+        other = self.strips if budget is self.whole else self.whole
+        for gone in budget.put(key, value):
+            if gone not in other:
                 self.signatures.pop(gone, None)
 
     def lookup(self, key: tuple[int, ...], need: tuple[slice, ...], signature: Any = None) -> np.ndarray | None:
@@ -107,14 +134,12 @@ class ChunkCache:
             if self.signatures.get(key) != signature:
                 self._drop(key)  # the chunk's file changed since: stale
                 return None
-            chunk = self.items.get(key)
+            chunk = self.whole.get(key)
             if chunk is not None:
-                self.items.move_to_end(key)
-                return chunk[need]
+                return chunk[need]  # type: ignore[no-any-return]
             strips = self.strips.get(key)
             if strips is not None:
-                self.strips.move_to_end(key)
-                return strips.part(need)
+                return strips.part(need)  # type: ignore[no-any-return]
             return None
 
     def claim(
@@ -149,12 +174,10 @@ class ChunkCache:
                     self._drop(key)
                 self.signatures[key] = signature
                 if held is not None:
-                    self.items.pop(key, None)  # its owner is done with it
-                    strips = _Strips.of(chunk, self.depth, held)
-                    if strips is not None:
-                        self._put_strips(key, strips)
+                    self.whole.pop(key)  # its owner is done with it
+                    self._keep_strips(key, chunk, held)
                 else:
-                    self._put(key, chunk)
+                    self._keep(self.whole, key, chunk)
             event = self.pending.pop(key, None)
         if event is not None:
             event.set()
@@ -162,33 +185,19 @@ class ChunkCache:
     def release(self, key: tuple[int, ...], held: Sequence[tuple[bool, bool]]) -> None:
         """The block holding this cached chunk entirely has read it: keep its strips only."""
         with self.lock:
-            chunk = self.items.pop(key, None)
+            chunk = self.whole.pop(key)
             if chunk is not None:
-                self.size -= chunk.nbytes
-                strips = _Strips.of(chunk, self.depth, held)
-                if strips is not None:
-                    self._put_strips(key, strips)
+                self._keep_strips(key, chunk, held)
+
+    def _keep_strips(self, key: tuple[int, ...], chunk: np.ndarray, held: Sequence[tuple[bool, bool]]) -> None:
+        strips = _Strips.of(chunk, self.depth, held)
+        if strips is not None:
+            self._keep(self.strips, key, strips)
 
     def _drop(self, key: tuple[int, ...]) -> None:
-        chunk = self.items.pop(key, None)
-        if chunk is not None:
-            self.size -= chunk.nbytes
-        strips = self.strips.pop(key, None)
-        if strips is not None:
-            self.strip_size -= strips.nbytes
+        self.whole.pop(key)
+        self.strips.pop(key)
         self.signatures.pop(key, None)
-
-    def _put_strips(self, key: tuple[int, ...], strips: _Strips) -> None:
-        if strips.nbytes > self.strip_limit:
-            return
-        old = self.strips.pop(key, None)
-        self.strip_size += strips.nbytes - (old.nbytes if old is not None else 0)
-        self.strips[key] = strips
-        while self.strip_size > self.strip_limit and self.strips:
-            gone, evicted = self.strips.popitem(last=False)
-            self.strip_size -= evicted.nbytes
-            if gone not in self.items:
-                self.signatures.pop(gone, None)
 
     def saw(self, depth: Sequence[int]) -> None:
         """Record how deep a block read into chunks it does not hold (the strips' depth)."""
