@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,3 +29,9 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+def lease_held(output: Path, prefix: str = ".convpipe-lock") -> bool:
+    """Whether the output's newest lease record (``.convpipe-lock/<generation>``) is live."""
+    records = sorted(output.glob(f"{prefix}/*"))
+    return bool(records) and not json.loads(records[-1].read_text())["released"]

@@ -358,7 +358,7 @@ def test_overwrite_refuses_to_delete_what_is_not_a_zarr_store(
     path = make_config(tmp_path, output="precious")
     code, _, err = invoke(capsys, "run", path, "--overwrite")
     assert code == 2
-    assert_one_line_error(err, "output.path", "not a Zarr")
+    assert_one_line_error(err, "output.path", "thesis.txt" if kind == "folder" else "is a file")
     assert tree_digest(target) == before
 
 

@@ -8,6 +8,7 @@ Every expected transform here is computed by hand in the test, not by convpipe.
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
-from cli_tools import assert_one_line_error, invoke
+from cli_tools import assert_one_line_error, invoke, lease_held
 from reference import reference
 
 import convpipe
@@ -284,7 +285,8 @@ def test_geotiff_output_is_renamed_into_place_only_when_whole(tmp_path: Path, mo
     image = RNG.random((64, 64)).astype(np.float32)
     source = geotiff(tmp_path / "in.tif", image)
     out = tmp_path / "out.tif"
-    out.write_bytes(b"II*\x00 an older result")
+    convpipe.run(config_for(source, out, [{"filter": "box", "size": 5}]))
+    older = out.read_bytes()
     config = config_for(source, out, [{"filter": "box", "size": 3}], overwrite=True)
 
     from convpipe.io import geotiff as geotiff_module
@@ -296,10 +298,20 @@ def test_geotiff_output_is_renamed_into_place_only_when_whole(tmp_path: Path, mo
     monkeypatch.setattr(geotiff_module, "write", broken)
     with pytest.raises(convpipe.RunError, match="writing failed"):
         convpipe.run(config)
-    assert out.read_bytes() == b"II*\x00 an older result"  # the old file stands
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif"]  # no partial, no lock
-    with pytest.raises(ConfigError, match="--resume: a GeoTIFF is written in one pass"):
+    assert out.read_bytes() == older  # the old file stands
+    # No partial file; the lease beside the output is released.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif", "out.tif", "out.tif.convpipe-lock"]
+    assert not lease_held(tmp_path, "out.tif.convpipe-lock")
+    # A GeoTIFF is written in one pass: --resume of one made differently is refused ...
+    with pytest.raises(ConfigError, match="--resume: the output was made differently"):
         convpipe.run(config_for(source, out, [{"filter": "box", "size": 3}]), resume=True)
+    # ... of the same one has nothing to do, and of a missing one starts it.
+    done = convpipe.run(config_for(source, out, [{"filter": "box", "size": 5}]), resume=True)
+    assert done.blocks == 0 and out.read_bytes() == older
+    monkeypatch.undo()
+    out.unlink()
+    convpipe.run(config_for(source, out, [{"filter": "box", "size": 5}]), resume=True)
+    assert out.read_bytes() == older
 
 
 # --- sharding and chunks ----------------------------------------------------------------------
@@ -449,13 +461,20 @@ def test_dry_run_knows_a_geotiff_output_is_a_file(tmp_path: Path, capsys: pytest
     config.write_text(
         json.dumps({"input": {"path": str(source)}, "output": {"path": "out.tif"}, "pipeline": [{"filter": "box"}]})
     )
-    (tmp_path / "out.tif").write_bytes(b"II*\x00 an earlier result")
+    assert invoke(capsys, "run", config, "--quiet")[0] == 0  # a GeoTIFF convpipe made
     code, out, _ = invoke(capsys, "run", config, "--dry-run", "--overwrite")
     assert code == 0 and "GeoTIFF, tiled, deflate" in out
-    (tmp_path / "out.tif").write_bytes(b"my notes, not a TIFF")
-    code, _, err = invoke(capsys, "run", config, "--dry-run", "--overwrite")
-    assert code == 2 and "exists and is not a TIFF file; refusing to replace it" in err
-    assert (tmp_path / "out.tif").read_bytes() == b"my notes, not a TIFF"
+    for foreign in (b"my notes, not a TIFF", tifffile_bytes(RNG.random((8, 8)).astype(np.float32))):
+        (tmp_path / "out.tif").write_bytes(foreign)
+        code, _, err = invoke(capsys, "run", config, "--dry-run", "--overwrite")
+        assert code == 2 and "is a file convpipe did not write" in err and "refusing to replace it" in err
+        assert (tmp_path / "out.tif").read_bytes() == foreign
+
+
+def tifffile_bytes(image: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image)
+    return buffer.getvalue()
 
 
 def test_ome_tiff_series_and_pyramid_levels_have_their_own_sizes(tmp_path: Path) -> None:
@@ -566,7 +585,7 @@ def test_the_lock_stands_while_blocks_are_written(tmp_path: Path, monkeypatch: p
     real_write = outputs.write_block
 
     def watching(spec: Any, *args: Any) -> None:
-        seen.append((Path(spec.path) / outputs.LOCK_FILE).exists())
+        seen.append(lease_held(Path(spec.location.path)))
         real_write(spec, *args)
 
     monkeypatch.setattr(outputs, "write_block", watching)
@@ -580,7 +599,7 @@ def test_the_lock_stands_while_blocks_are_written(tmp_path: Path, monkeypatch: p
     convpipe.run(config, scheduler_name="sync")
     convpipe.run(config, scheduler_name="sync", overwrite=True)  # replacing an output keeps it too
     assert len(seen) == 18 and all(seen)
-    assert not (tmp_path / name / outputs.LOCK_FILE).exists()  # and it goes when the run ends
+    assert not lease_held(tmp_path / name)  # and it is released when the run ends
 
 
 def test_broken_ngff_transforms_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

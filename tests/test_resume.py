@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,9 +18,10 @@ import numpy as np
 import pytest
 import yaml
 import zarr
+from cli_tools import lease_held
 
 from convpipe.cli import main
-from convpipe.io import outputs
+from convpipe.io import lifecycle, outputs
 from convpipe.progress import Progress
 
 CHAIN = [{"filter": "gaussian", "sigma": 3.0}, {"filter": "median", "size": 5}, {"filter": "sobel"}]
@@ -47,11 +46,12 @@ def make_config(folder: Path, output: str, **extra: Any) -> Path:
 
 
 def digest(path: Path) -> dict[str, str]:
-    """Every file of a store and its SHA-256: byte-identical stores have equal digests."""
+    """Every file of a store and its SHA-256: byte-identical stores have equal digests (the
+    lease record, which names the run that wrote last, aside)."""
     return {
         str(file.relative_to(path)): hashlib.sha256(file.read_bytes()).hexdigest()
         for file in sorted(path.rglob("*"))
-        if file.is_file()
+        if file.is_file() and ".convpipe-lock" not in file.parts
     }
 
 
@@ -114,7 +114,7 @@ def test_resume_refuses_a_different_config(tmp_path: Path, capsys: pytest.Captur
     make_input(tmp_path, (200, 200))
     config = make_config(tmp_path, "out.zarr")
     out = tmp_path / "out.zarr"
-    outputs_dir = out / outputs.BLOCKS_DIR
+    outputs_dir = out / outputs.BLOCKS_PREFIX
     with pytest.raises(SystemExit):
         main(["run", str(config), "--quiet"])
     capsys.readouterr()
@@ -151,23 +151,37 @@ def test_a_live_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(
     with pytest.raises(SystemExit):
         main(["run", str(config), "--quiet"])
     before = digest(out)
-    lock = out / outputs.LOCK_FILE
-    lock.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # alive: this process
-    for extra in (["--overwrite"], ["--resume"]):
+    # A live run holds the lease (this process, renewing it in a thread).
+    with lifecycle.held(outputs.store(str(out)), outputs.LOCK_PREFIX, 60):
         with pytest.raises(SystemExit) as done:
-            main(["run", str(config), *extra])
+            main(["run", str(config), "--overwrite"])
         assert done.value.code == 2
         assert "being written by another convpipe run" in capsys.readouterr().err
-    lock.unlink()
     assert digest(out) == before
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
+    # A run that died holding it (a real process, gone) is taken over at once, and says so.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", TAKE_AND_DIE.format(path=str(out))], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    assert lease_held(out)
     with pytest.raises(SystemExit) as done:
-        main(["run", str(config), "--overwrite", "--quiet"])
+        main(["run", str(config), "--overwrite"])
     assert done.value.code == 0
-    assert not lock.exists()
+    assert f"took over {out} from a run that is gone (pid {holder.pid} on " in capsys.readouterr().err
+    assert not lease_held(out)
     assert zarr.open_array(str(out), mode="r").attrs["convpipe"]["complete"] is True
+
+
+TAKE_AND_DIE = """
+import time
+from convpipe.io import lifecycle, outputs
+lifecycle.acquire(outputs.store({path!r}), outputs.LOCK_PREFIX, 600)
+print("held", flush=True)
+time.sleep(600)
+"""
 
 
 def test_a_complete_output_keeps_no_markers_or_lock(tmp_path: Path) -> None:
@@ -176,7 +190,7 @@ def test_a_complete_output_keeps_no_markers_or_lock(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["run", str(config), "--quiet"])
     names = {p.name for p in (tmp_path / "out.zarr").iterdir()}
-    assert outputs.BLOCKS_DIR not in names and outputs.LOCK_FILE not in names
+    assert outputs.BLOCKS_PREFIX not in names and not lease_held(tmp_path / "out.zarr")
 
 
 def test_progress_on_a_terminal_redraws_one_line() -> None:

@@ -1,12 +1,14 @@
 """The ``convpipe`` command: parses arguments, calls the API, turns errors into one line.
 
-Exit status (SPEC §4): 0 success, 2 bad usage or config, 1 a failure while running,
-130 interrupted. ``--debug`` shows the traceback instead of the one-line message.
+Exit status (README, "Exit status"): 0 success, 2 bad usage or config, 1 a failure while
+running, 130 interrupted (SIGINT), 143 terminated (SIGTERM, what SLURM sends at walltime and
+Kubernetes at eviction). ``--debug`` shows the traceback instead of the one-line message.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -16,9 +18,8 @@ from convpipe import config as config_module
 from convpipe import report
 from convpipe._version import __version__
 from convpipe.errors import ConvpipeError
-from convpipe.io import outputs
 from convpipe.memory import use_one_arena
-from convpipe.run import make_plan, run
+from convpipe.run import LEASE_SECONDS, check_output, make_plan, run
 
 config_argument = click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
 
@@ -78,6 +79,14 @@ def cli(debug: bool) -> None:
 @memory_option
 @click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 @click.option("--resume", is_flag=True, help="Finish an interrupted output: write only its missing blocks.")
+@click.option(
+    "--lock-lease",
+    type=click.FloatRange(min=2, max=86400),
+    default=LEASE_SECONDS,
+    show_default=True,
+    metavar="SECONDS",
+    help="How long the output's lease lasts unrenewed: a run that died holding it is taken over after this.",
+)
 @click.option("--dry-run", is_flag=True, help="Check and plan, print the plan, write nothing.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
 def run_command(
@@ -89,6 +98,7 @@ def run_command(
     memory: int | None,
     overwrite: bool,
     resume: bool,
+    lock_lease: float,
     dry_run: bool,
     quiet: bool,
 ) -> None:
@@ -104,8 +114,7 @@ def run_command(
     config = config_module.load(config_path, overrides)
     if dry_run:
         plan = make_plan(config, memory, workers)
-        replace = overwrite or resume or config.output.overwrite
-        outputs.check_paths(config.input.path, config.output.path, replace, plan.storage.format)
+        check_output(config, plan, overwrite=overwrite or config.output.overwrite, resume=resume)
         click.echo(report.describe_plan(plan, workers, memory))
         return
     progress = None if quiet else ("bar" if sys.stderr.isatty() else "log")
@@ -118,7 +127,11 @@ def run_command(
         overwrite=overwrite or None,
         resume=resume,
         progress=progress,
+        lease_seconds=lock_lease,
+        notify=None if quiet else lambda message: click.echo(f"convpipe: {message}", err=True),
     )
+    if result.took_over and not quiet:
+        click.echo(f"took over {result.output} from a run that is gone ({result.took_over})", err=True)
     if not quiet:
         plan = result.plan
         if resume and result.blocks == 0 and result.resumed_from == plan.num_blocks:
@@ -171,8 +184,8 @@ def plan_command(config_path: Path, overrides: tuple[str, ...], workers: int | N
 
 
 @cli.command("info")
-@click.argument("path", type=click.Path(path_type=Path))
-def info_command(path: Path) -> None:
+@click.argument("path")
+def info_command(path: str) -> None:
     """$ convpipe info PATH: shape, dtype, chunks, axes, codecs of a TIFF or Zarr; for an output,
     whether it is complete.
 
@@ -182,7 +195,7 @@ def info_command(path: Path) -> None:
     """
     from convpipe.io.info import describe
 
-    click.echo(report.describe_info(describe(str(path))))
+    click.echo(report.describe_info(describe(path)))
 
 
 @cli.command("filters")
@@ -242,9 +255,19 @@ def preview_command(config_path: Path, output_png: Path, region: str | None, ove
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so that a run stops as it does on Ctrl-C: blocks in
+    flight finish, the lease is released, the output stays partial and resumable."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line per error, and the documented exit status."""
     use_one_arena()  # this process is ours: see convpipe.memory
+    signal.signal(signal.SIGTERM, _terminate)
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     try:
@@ -258,12 +281,15 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as error:
         click.echo(f"convpipe: error: {error.format_message()}", err=True)
         sys.exit(error.exit_code)
-    except (click.Abort, KeyboardInterrupt):
-        # Blocks being written when the interrupt came still finish (and are marked) while
-        # the process exits; zarr's event loop would log their cancelled reads as errors.
+    except (click.Abort, KeyboardInterrupt) as stop:
+        # Blocks being written when the interrupt came have finished (and are recorded);
+        # zarr's event loop would log their cancelled reads as errors.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
-        click.echo("convpipe: interrupted", err=True)
-        sys.exit(130)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        what, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        resume = " (run it again with --resume to finish a partial output)" if _running(args) else ""
+        click.echo(f"convpipe: {what}{resume}", err=True)
+        sys.exit(status)
     except ConvpipeError as error:
         if debug:
             raise
@@ -278,3 +304,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         sys.exit(1)
     sys.exit(0)
+
+
+def _running(args: list[str]) -> bool:
+    return "run" in args and "--dry-run" not in args

@@ -2,7 +2,8 @@
 
 Validation happens section by section so that every complaint reads like
 ``pipeline[1].sigma: must be > 0 (got -2)``: the place, what is wrong, what is allowed.
-Relative paths are resolved against the config file's folder, as in SPEC §2.
+Relative paths are resolved against the config file's folder (README, "Config"); a URL
+(``s3://``, ``gs://``, ``az://``, ``https://``) is kept as it is, never read as a local path.
 """
 
 from __future__ import annotations
@@ -77,6 +78,30 @@ def _ngff_version(value: Any) -> str:
     return text
 
 
+def _storage(value: Any) -> dict[str, Any] | None:
+    """An object store's settings (README, "Object stores"); secrets are never echoed."""
+    from convpipe.io import stores
+
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise fail(f"must be a mapping like {{endpoint: http://localhost:9000, region: us-east-1}} (got {value!r})")
+    try:
+        stores.check_storage(value)
+    except ConfigError as error:
+        raise fail(str(error).removeprefix("storage: ").removeprefix("storage.")) from None
+    return dict(value)
+
+
+def redacted(storage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The storage mapping as recorded and shown: secrets replaced by ``***``."""
+    if storage is None:
+        return None
+    from convpipe.io.stores import SECRET_KEYS
+
+    return {key: "***" if key in SECRET_KEYS else value for key, value in storage.items()}
+
+
 def _chunks(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
@@ -88,7 +113,10 @@ def _chunks(value: Any) -> tuple[int, ...] | None:
 class InputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: Text = Field(description="the TIFF or Zarr to read (relative to the config file)")
+    path: Text = Field(
+        description="the TIFF or Zarr to read: a path (relative to the config file) or a URL (s3://, gs://, az://, "
+        "https://)"
+    )
     array: OptionalText = Field(None, description="the array inside a Zarr group")
     series: Annotated[int, PlainValidator(integer(0))] = Field(0, description="TIFF series")
     level: Annotated[int, PlainValidator(integer(0))] = Field(0, description="TIFF pyramid level")
@@ -96,12 +124,17 @@ class InputConfig(BaseModel):
     chunks: Annotated[tuple[int, ...] | None, PlainValidator(_chunks), as_plain] = Field(
         None, description="processing block shape, in input pixels"
     )
+    storage: Annotated[dict[str, Any] | None, PlainValidator(_storage)] = Field(
+        None, description="object store settings: endpoint, region, anonymous, allow_http, profile, credentials"
+    )
 
 
 class OutputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    path: Text = Field(description="the Zarr to write (relative to the config file)")
+    path: Text = Field(
+        description="the Zarr or GeoTIFF to write: a path (relative to the config file) or a URL (s3://, gs://, az://)"
+    )
     dtype: Annotated[str, PlainValidator(_dtype)] = Field("float32", description="output dtype or `input`")
     overwrite: Boolean = Field(False, description="replace an existing output")
     format: Annotated[str | None, PlainValidator(optional(one_of(*FORMATS)))] = Field(
@@ -122,6 +155,9 @@ class OutputConfig(BaseModel):
     ngff_version: Annotated[str | None, PlainValidator(optional(_ngff_version))] = Field(
         None, description="OME-Zarr: 0.5 (Zarr v3; the default) or 0.4 (Zarr v2)"
     )
+    storage: Annotated[dict[str, Any] | None, PlainValidator(_storage)] = Field(
+        None, description="object store settings: endpoint, region, anonymous, allow_http, profile, credentials"
+    )
 
 
 class Config(BaseModel):
@@ -137,9 +173,11 @@ class Config(BaseModel):
 
     def resolved(self) -> dict[str, Any]:
         """The config as plain data, every default filled in: recorded in the output."""
+        sections = {}
+        for name, section in (("input", self.input), ("output", self.output)):
+            sections[name] = {**section.model_dump(mode="json"), "storage": redacted(section.storage)}
         return {
-            "input": self.input.model_dump(mode="json"),
-            "output": self.output.model_dump(mode="json"),
+            **sections,
             "pipeline": [step.model_dump(mode="json") for step in self.pipeline],
         }
 
@@ -233,13 +271,27 @@ def from_dict(data: Any, base_dir: Path | str = ".", source: str | None = None) 
         else step
         for step in steps
     ]
-    input_config = sections["input"].model_copy(update={"path": _absolute(base, sections["input"].path)})
-    output_config = sections["output"].model_copy(update={"path": _absolute(base, sections["output"].path)})
+    paths = {name: _location(base, sections[name], name) for name in ("input", "output")}
+    input_config = sections["input"].model_copy(update={"path": paths["input"]})
+    output_config = sections["output"].model_copy(update={"path": paths["output"]})
     return Config(input=input_config, output=output_config, pipeline=tuple(steps), source=source, **extras)
 
 
 def _absolute(base: Path, path: str) -> str:
     return os.path.normpath((base / Path(path).expanduser()).absolute())
+
+
+def _location(base: Path, section: InputConfig | OutputConfig, name: str) -> str:
+    """A section's path resolved: a local path made absolute, a URL checked and kept."""
+    from convpipe.io import stores
+
+    try:
+        location = stores.parse(section.path, base, section.storage)
+    except ConfigError as error:
+        raise ConfigError(f"{name}.path: {error}") from None
+    if name == "output" and not location.writable:
+        raise ConfigError(f"output.path: {location.display} is read-only (https:// serves inputs only)")
+    return location.url
 
 
 _KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")

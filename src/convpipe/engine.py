@@ -156,6 +156,25 @@ def to_dask(plan: Plan, source: Source) -> da.Array:
     return da.Array(graph, name, chunks=plan.chunks, dtype=plan.output_dtype, meta=meta)
 
 
+def trial_block(plan: Plan, source: Source) -> None:
+    """Compute the first block here and throw it away: a chain that cannot run (a window too
+    large for memory, an unreadable input) fails before an existing output is replaced.
+    Global ranges (``rescale``) are not computed for it: a stand-in range exercises the step."""
+    from convpipe.errors import RunError
+
+    job = ChainJob(plan.steps, source, plan.chunks, plan.compute_dtype, plan.output_dtype)
+    ranges: list[Any] = [(0.0, 1.0) if getattr(step.op, "needs_range", False) else None for step in plan.steps]
+    try:
+        job.block((0,) * len(plan.chunks), ranges)
+    except MemoryError:
+        raise RunError(
+            f"computing a block of {plan.block_shape} ran out of memory; nothing was replaced "
+            "(use smaller input.chunks or --memory)"
+        ) from None
+    finally:
+        release_free_memory()
+
+
 def _count(*done: Any) -> int:
     return len(done)
 

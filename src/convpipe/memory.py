@@ -63,3 +63,16 @@ def release_free_memory(slack: int = 0) -> None:
         if info is not None and info().fordblks <= slack:
             return
     libc.malloc_trim(0)
+
+
+def available_bytes() -> int | None:
+    """Memory this machine can still give a run without swapping (``MemAvailable``), or None
+    where the system does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

@@ -1,43 +1,52 @@
-"""Run a config: open the input, plan, write every block (or the missing ones), mark complete.
+"""Run a config: open the input, plan, check, take the output's lease, write every block (or
+the missing ones), mark complete.
 
-The scheduler is chosen here: threads, processes or synchronous on this machine; a
-``LocalCluster`` of worker processes; or a running dask.distributed scheduler's address.
-Everything before is pure planning, everything after is the store.
+The order is the data-safety contract (README, "Data safety"): every check that can be made
+before computing (paths, ownership of what is there, the resume fingerprint, memory, a first
+block computed) comes before anything at the output is removed, and no block is written
+without the lease, which is released only after the blocks in flight have finished.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import dask
 import numpy as np
 
-from convpipe._version import __version__
-from convpipe.cluster import ClusterConfig, batch_cluster
 from convpipe.config import Config
-from convpipe.engine import block_rows, pyramid_graph, write_graph
+from convpipe.engine import block_rows, pyramid_graph, trial_block, write_graph
 from convpipe.errors import ConfigError, ConvpipeError, RunError
-from convpipe.io import geotiff, outputs
+from convpipe.io import geotiff, geotiff_out, lifecycle, outputs, stores
 from convpipe.io.geotiff import GeoInfo
 from convpipe.io.inputs import InputSpec, open_input
+from convpipe.memory import available_bytes
 from convpipe.plan import GEOTIFF_ENCODE_BYTES, Plan, bind
 from convpipe.progress import Progress
+from convpipe.provenance import check_resumable, provenance
+from convpipe.schedulers import LOCAL_SCHEDULERS, SCHEDULERS, check_scheduler, scheduler
 
-LOCAL_SCHEDULERS = {"threads": "threads", "processes": "processes", "sync": "synchronous"}
-SCHEDULERS = (*LOCAL_SCHEDULERS, "local-cluster")
+__all__ = ["SCHEDULERS", "RunResult", "check_output", "input_spec", "make_plan", "run"]
+
+#: Default length of an output's lease, in seconds (``--lock-lease``).
+LEASE_SECONDS = 120.0
 
 
 def input_spec(config: Config, plan: Plan | None = None) -> InputSpec:
     """Where the input is; with a plan, also how many decoded chunks each process may keep."""
     cache = plan.cache_bytes if plan is not None else 0
-    return InputSpec(config.input.path, config.input.array, config.input.series, config.input.level, cache)
+    storage = tuple(sorted((config.input.storage or {}).items()))
+    return InputSpec(config.input.path, config.input.array, config.input.series, config.input.level, cache, storage)
+
+
+def output_location(config: Config) -> stores.Location:
+    return stores.parse(config.output.path, storage=config.output.storage)
 
 
 def make_plan(config: Config, memory: int | None = None, workers: int | None = None) -> Plan:
@@ -53,31 +62,6 @@ def make_plan(config: Config, memory: int | None = None, workers: int | None = N
     if memory is not None:
         plan = plan.fitted(memory, workers or os.cpu_count() or 1)
     return plan
-
-
-def provenance(config: Config, plan: Plan) -> dict[str, Any]:
-    """What the output records about how it was made (SPEC §5)."""
-    return {
-        "version": __version__,
-        "config": config.resolved(),
-        "config_file": config.source,
-        "input": {
-            "path": config.input.path,
-            "shape": list(plan.input_shape),
-            "dtype": str(plan.input_dtype),
-            "axes": plan.axes,
-        },
-        "steps": [{"filter": step.config.filter, "output_shape": list(step.out_shape)} for step in plan.steps],
-        "blocks": plan.num_blocks,
-        "block_shape": list(plan.block_shape),
-        "storage": {
-            "format": plan.storage.format,
-            "codec": plan.storage.codec,
-            "chunks": list(plan.storage.chunks if plan.storage.format == "geotiff" else plan.storage_chunks),
-            "shards": list(plan.shard_shape) if plan.shard_shape else None,
-            "levels": len(plan.level_shapes()),
-        },
-    }
 
 
 def output_geo(config: Config, plan: Plan) -> GeoInfo | None:
@@ -100,83 +84,73 @@ def geo_attributes(geo: GeoInfo | None) -> dict[str, Any]:
     return attributes
 
 
-def _first_difference(recorded: Any, current: Any, place: str) -> str | None:
-    if isinstance(recorded, dict) and isinstance(current, dict):
-        for key in sorted(set(recorded) | set(current), key=str):
-            found = _first_difference(recorded.get(key), current.get(key), f"{place}.{key}" if place else str(key))
-            if found:
-                return found
-        return None
-    if isinstance(recorded, list) and isinstance(current, list) and len(recorded) == len(current):
-        for i, (old, new) in enumerate(zip(recorded, current, strict=True)):
-            found = _first_difference(old, new, f"{place}[{i}]")
-            if found:
-                return found
-        return None
-    if recorded != current:
-        return f"{place}: {recorded!r} when the output was started, {current!r} now"
-    return None
+def _inside(inner: stores.Location, outer: stores.Location) -> bool:
+    if inner.scheme != outer.scheme:
+        return False
+    if inner.is_local:
+        a, b = os.path.realpath(inner.path), os.path.realpath(outer.path)
+    else:
+        a, b = inner.url, outer.url
+    return a == b or a.startswith(b.rstrip("/") + "/")
 
 
-def check_resumable(recorded: dict[str, Any], current: dict[str, Any]) -> None:
-    """A resume must continue the same computation: same convpipe, config, input, blocks."""
-    keys = ("version", "input", "blocks", "block_shape")
-    old = {k: recorded.get(k) for k in keys} | {"config": _without_overwrite(recorded.get("config"))}
-    new = {k: current.get(k) for k in keys} | {"config": _without_overwrite(current.get("config"))}
-    difference = _first_difference(old, new, "")
-    if difference:
-        raise ConfigError(f"--resume: the output was made differently, refusing to mix results ({difference})")
+def check_output(config: Config, plan: Plan, *, overwrite: bool, resume: bool) -> str:
+    """Every check on the output that reads no pixel; returns what is there: ``"missing"``,
+    ``"ours"`` (a convpipe output), or ``"replaceable"`` (a single Zarr array, or what a
+    failed run left). Raises when the run must not touch it."""
+    source = stores.parse(config.input.path, storage=config.input.storage)
+    out = output_location(config)
+    if _inside(out, source):
+        raise ConfigError(f"output.path: {out} is the input or inside it; the input is never written to")
+    if _inside(source, out):
+        raise ConfigError(f"output.path: the input {source} lies inside {out}; choose another output")
+    if not out.writable:
+        raise ConfigError(f"output.path: {out} is read-only (https:// serves inputs only)")
+    stores.probe(out, write=True)
+    geotiff_output = plan.storage.format == "geotiff"
+    if not (geotiff_out.exists(out) if geotiff_output else _has_output(out)):
+        return "missing"
+    if geotiff_output:
+        status = geotiff_out.read_status(out)
+        if not (overwrite or resume):
+            raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
+        geotiff_out.check_replaceable(out)
+        return "ours" if status is not None else "replaceable"
+    if stores.object_info(out) is not None:
+        raise ConfigError(f"output.path: {out} is a file, not a folder as a Zarr store is; refusing to replace it")
+    kind = lifecycle.classify(outputs.store(out, writable=False))
+    if kind == "empty":
+        return "missing"
+    if not (overwrite or resume):
+        raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
+    if resume and kind not in ("convpipe", "leftover"):
+        raise ConfigError(f"--resume: {out} is not a convpipe output; refusing to write into it")
+    lifecycle.check_replaceable(outputs.store(out, writable=False), f"output.path: {out}")
+    return "ours" if kind == "convpipe" else "replaceable"
 
 
-def _without_overwrite(config: Any) -> Any:
-    if not isinstance(config, dict):
-        return config
-    output = {k: v for k, v in config.get("output", {}).items() if k != "overwrite"}
-    return {**config, "output": output}
-
-
-def check_scheduler(name: str) -> None:
-    if name not in SCHEDULERS and "://" not in name:
-        raise ConfigError(
-            f"--scheduler: must be threads, processes, sync, local-cluster or an address like tcp://host:8786 "
-            f"(got {name!r})"
-        )
-
-
-@contextlib.contextmanager
-def scheduler(
-    name: str, workers: int | None, memory_limit: str | None = None, cluster: ClusterConfig | None = None
-) -> Iterator[None]:
-    """Make ``name`` Dask's scheduler for the duration (``cluster``: the config's batch cluster)."""
-    if name == "cluster":
-        assert cluster is not None
-        with batch_cluster(cluster):
-            yield
-        return
-    check_scheduler(name)
-    if name in LOCAL_SCHEDULERS:
-        with dask.config.set(scheduler=LOCAL_SCHEDULERS[name], num_workers=workers):
-            yield
-        return
-    from distributed import Client, LocalCluster
-
-    if name == "local-cluster":
-        cluster = LocalCluster(
-            n_workers=workers or os.cpu_count() or 1,
-            threads_per_worker=1,
-            memory_limit=memory_limit or "auto",
-            dashboard_address=":0",  # any free port: never collide with another cluster
-            processes=True,
-        )
-        with cluster, Client(cluster):
-            yield
-        return
+def _has_output(location: stores.Location) -> bool:
     try:
-        client = Client(name, timeout="10s")
-    except OSError as error:
-        raise RunError(f"--scheduler {name}: cannot reach the scheduler ({error})") from None
-    with client:
-        yield
+        return stores.exists(location)
+    except Exception as error:
+        raise RunError(stores.describe_error(location, error)) from None
+
+
+def check_memory(plan: Plan, scheduler_name: str, workers: int | None) -> None:
+    """Refuse a run whose blocks cannot fit in this machine's memory (local schedulers only:
+    a cluster's workers are elsewhere)."""
+    if scheduler_name not in LOCAL_SCHEDULERS:
+        return
+    available = available_bytes()
+    if available is None:
+        return
+    count = 1 if scheduler_name == "sync" else (workers or os.cpu_count() or 1)
+    needed = plan.memory_estimate(count)
+    if needed > available:
+        raise ConfigError(
+            f"the run needs about {needed / 2**30:.1f} GiB ({count} blocks of {plan.block_shape} at once) but "
+            f"{available / 2**30:.1f} GiB is available; use smaller input.chunks, fewer --workers or --memory"
+        )
 
 
 @dataclass(frozen=True)
@@ -187,6 +161,7 @@ class RunResult:
     seconds: float
     resumed_from: int = 0  # blocks already there when a resumed run started
     graph_seconds: float = 0.0  # building the task graph, part of ``seconds``
+    took_over: str | None = None  # the dead run whose lease this run took over, if any
 
 
 def run(
@@ -199,12 +174,17 @@ def run(
     overwrite: bool | None = None,
     resume: bool = False,
     progress: str | None = None,
+    lease_seconds: float = LEASE_SECONDS,
+    notify: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Compute the chain and write it to ``config.output.path``; return what was done.
 
     ``scheduler_name`` defaults to the config's ``cluster:`` if it has one, else threads.
-    ``resume`` finishes an interrupted output (only its missing blocks). ``progress`` is
-    ``"bar"`` (a terminal line), ``"log"`` (a line every 10 s) or None.
+    ``resume`` finishes an interrupted output (only its missing blocks; starts one if there
+    is none). ``progress`` is ``"bar"`` (a terminal line), ``"log"`` (a line every 10 s) or
+    None. ``lease_seconds``: how long the output's lease lasts without renewal; a run that
+    died holding it is taken over once it has expired (``--resume`` and ``--overwrite`` wait
+    for that, and ``notify`` is told they wait).
     """
     if scheduler_name is None:
         scheduler_name = "cluster" if config.cluster is not None else "threads"
@@ -213,108 +193,168 @@ def run(
         raise ConfigError("--resume and --overwrite: choose one (resume keeps the blocks already written)")
     if scheduler_name != "cluster":
         check_scheduler(scheduler_name)
-    out = config.output.path
     plan = make_plan(config, memory, workers)
-    format_name = plan.storage.format
-    outputs.check_paths(config.input.path, out, overwrite or resume, format_name)
+    found = check_output(config, plan, overwrite=overwrite, resume=resume)
+    check_memory(plan, scheduler_name, workers)
     record = provenance(config, plan)
-    if Path(out).exists():
-        outputs.check_unlocked(out, format_name)
-    if format_name == "geotiff":
-        if resume:
-            raise ConfigError(
-                "--resume: a GeoTIFF is written in one pass and cannot be resumed; run again with --overwrite "
-                "(or write output.format: zarr, which can)"
-            )
-        with scheduler(scheduler_name, workers, memory_limit, config.cluster):
-            return _run_geotiff(config, plan, record, progress)
-    resuming = resume and Path(out).exists()
-    if resuming:
-        status = outputs.read_status(out)
-        if status is None:
-            raise ConfigError(f"--resume: {out} is not a convpipe output")
-        check_resumable(status, record)
-        if status.get("complete"):
-            return RunResult(plan, out, 0, 0.0, resumed_from=plan.num_blocks)
+    out = output_location(config)
+    if found == "ours" and resume:
+        status = _status(plan, out)
+        if status is not None:
+            check_resumable(status, record)
+            if status.get("complete"):
+                return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
+    if found != "missing" and not resume:
+        # Something is replaced: compute a first block before anything of it is removed.
+        trial_block(plan, input_spec(config, plan))
+    if plan.storage.format == "geotiff":
+        return _run_geotiff(
+            config, plan, record, progress, scheduler_name, workers, memory_limit, lease_seconds, notify
+        )
     start = time.perf_counter()
-    # Connect to the scheduler before touching the output: a bad address must not cost
-    # the user an existing output.
-    with scheduler(scheduler_name, workers, memory_limit, config.cluster):
-        Path(out).mkdir(parents=True, exist_ok=True)
-        with outputs.locked(out):
-            if resuming:
-                outputs.remove_partial_writes(out)
-                done = outputs.written_blocks(out)
-            else:
-                extra = geo_attributes(output_geo(config, plan))
-                outputs.create(out, plan, record, extra, name=Path(config.input.path).name)
-                done = set()
-            todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
-            target = outputs.prepare(out, format_name)
-            graph_start = time.perf_counter()
-            graph = write_graph(plan, input_spec(config, plan), outputs.write_block, target, todo)
-            graph_seconds = time.perf_counter() - graph_start
-            with _progress(progress, out, plan), _writing(out):
-                written = graph.compute()
-                # The pyramid, level by level from the one below; redone whole after a resume.
-                for level in range(1, plan.storage.pyramid + 1):
-                    pyramid_graph(plan, level, outputs.read_level, outputs.write_level, target).compute()
-            outputs.mark_complete(out)
+    store = outputs.store(out)
+    # Connect to the scheduler before touching the output: a bad address must not cost the
+    # user an existing output, nor leave anything behind.
+    with (
+        scheduler(scheduler_name, workers, memory_limit, config.cluster) as drain,
+        lifecycle.held(
+            store, outputs.LOCK_PREFIX, lease_seconds, **_waiting(out, resume or overwrite, notify)
+        ) as lease,
+        _writing(out),
+        _draining(drain),
+    ):
+        status = _status(plan, out) if resume else None  # again, now that the output is ours
+        if status is not None:
+            check_resumable(status, record)
+            outputs.remove_partial_writes(out)
+            done = outputs.written_blocks(out)
+        else:
+            extra = geo_attributes(output_geo(config, plan))
+            outputs.create(out, plan, record, extra, name=_image_name(config))
+            done = set()
+        todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
+        target = outputs.prepare(out, plan.storage.format, lease.key)
+        graph_start = time.perf_counter()
+        graph = write_graph(plan, input_spec(config, plan), outputs.write_block, target, todo)
+        graph_seconds = time.perf_counter() - graph_start
+        with _progress(progress, out, plan):
+            written = graph.compute() if todo else 0
+            # The pyramid, level by level from the one below; redone whole after a resume.
+            for level in range(1, plan.storage.pyramid + 1):
+                pyramid_graph(plan, level, outputs.read_level, outputs.write_level, target).compute()
+        lease.renew()  # still ours: no other run took over while the blocks were written
+        outputs.mark_complete(out)
     seconds = time.perf_counter() - start
-    return RunResult(plan, out, int(written), seconds, resumed_from=len(done), graph_seconds=graph_seconds)
+    return RunResult(
+        plan,
+        out.display,
+        int(written),
+        seconds,
+        resumed_from=len(done),
+        graph_seconds=graph_seconds,
+        took_over=_describe_holder(lease.took_over),
+    )
+
+
+def _waiting(out: stores.Location, wait: bool, notify: Callable[[str], None] | None) -> dict[str, Any]:
+    """How to take the lease: a requeued job (``--resume``) waits out a dead run's lease."""
+    return {"wait": wait, "name": f"output.path: {out}", "notify": notify}
+
+
+def _status(plan: Plan, out: stores.Location) -> dict[str, Any] | None:
+    if plan.storage.format == "geotiff":
+        return geotiff_out.read_status(out)
+    return outputs.read_status(out)
+
+
+def _image_name(config: Config) -> str:
+    return stores.parse(config.input.path, storage=config.input.storage).name
+
+
+def _describe_holder(holder: dict[str, Any] | None) -> str | None:
+    if not holder:
+        return None
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
 
 
 @contextlib.contextmanager
-def _writing(out: str) -> Iterator[None]:
-    """A failing disk is one message that says the output is incomplete."""
+def _draining(drain: Callable[[], None]) -> Iterator[None]:
+    """However the run ends, the blocks in flight finish before the lease is released."""
+    try:
+        yield
+    finally:
+        drain()
+
+
+@contextlib.contextmanager
+def _writing(out: stores.Location) -> Iterator[None]:
+    """A failing disk or store is one message that says the output is incomplete."""
     try:
         yield
     except ConvpipeError:
         raise
     except OSError as error:
-        raise RunError(f"output {out}: writing failed ({error}); the output is incomplete") from None
+        raise RunError(stores.redact(f"output {out}: writing failed ({error}); the output is incomplete")) from None
 
 
-def _run_geotiff(config: Config, plan: Plan, record: dict[str, Any], progress: str | None) -> RunResult:
-    """Write a GeoTIFF in file order, row of blocks by row, to a partial file renamed when whole:
-    the path only ever holds a complete file (or what was there before)."""
-    out = config.output.path
+def _run_geotiff(
+    config: Config,
+    plan: Plan,
+    record: dict[str, Any],
+    progress: str | None,
+    scheduler_name: str,
+    workers: int | None,
+    memory_limit: str | None,
+    lease_seconds: float,
+    notify: Callable[[str], None] | None,
+) -> RunResult:
+    """Write a GeoTIFF in file order, row of blocks by row, to a partial file published when
+    whole: the path only ever holds a complete file (or what was there before)."""
+    out = output_location(config)
     start = time.perf_counter()
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    partial = Path(out).with_name(Path(out).name + geotiff.PARTIAL_SUFFIX)
     geo = output_geo(config, plan)
     assert plan.storage.chunks is not None  # planned: TIFF tiles, which may exceed a small image
     tile = (plan.storage.chunks[-2], plan.storage.chunks[-1])
     done = [0]
     per_row = len(plan.chunks[-1])
+    folder, prefix = geotiff_out.lock_place(out)
+    size = math.prod(plan.output_shape) * plan.output_dtype.itemsize
 
-    def counted() -> Iterator[list[np.ndarray]]:
-        for row in block_rows(plan, input_spec(config, plan)):
-            done[0] += per_row  # computed is done: the writer stops at its last tile
-            yield row
+    with (
+        scheduler(scheduler_name, workers, memory_limit, config.cluster) as drain,
+        lifecycle.held(outputs.store(folder), prefix, lease_seconds, **_waiting(out, True, notify)) as lease,
+        _writing(out),
+        _draining(drain),
+    ):
 
-    with outputs.locked(out, "geotiff"):
-        try:
-            with _progress(progress, out, plan, lambda: done[0]), _writing(out):
-                geotiff.write(
-                    str(partial),
-                    counted(),
-                    plan.output_shape,
-                    plan.output_dtype,
-                    tile,
-                    plan.storage.codec,
-                    geo,
-                    {"convpipe": json.dumps({**record, "complete": True})},
-                    GEOTIFF_ENCODE_BYTES,
-                )
-            os.replace(partial, out)
-        finally:
-            partial.unlink(missing_ok=True)
-    return RunResult(plan, out, plan.num_blocks, time.perf_counter() - start)
+        def counted() -> Iterator[list[np.ndarray]]:
+            for row in block_rows(plan, input_spec(config, plan)):
+                if lease.lost.is_set():
+                    raise lifecycle.LeaseLost(f"output {out}: another run took over this output; this run stops")
+                done[0] += per_row  # computed is done: the writer stops at its last tile
+                yield row
+
+        geotiff_out.remove_leftovers(out)
+        with geotiff_out.staged(out, size) as partial, _progress(progress, out, plan, lambda: done[0]):
+            geotiff.write(
+                str(partial),
+                counted(),
+                plan.output_shape,
+                plan.output_dtype,
+                tile,
+                plan.storage.codec,
+                geo,
+                {"convpipe": json.dumps({**record, "complete": True})},
+                GEOTIFF_ENCODE_BYTES,
+            )
+            lease.renew()  # still ours before the file is published
+    return RunResult(
+        plan, out.display, plan.num_blocks, time.perf_counter() - start, took_over=_describe_holder(lease.took_over)
+    )
 
 
 def _progress(
-    mode: str | None, out: str, plan: Plan, count: Callable[[], int] | None = None
+    mode: str | None, out: stores.Location, plan: Plan, count: Callable[[], int] | None = None
 ) -> contextlib.AbstractContextManager[Any]:
     if mode is None:
         return contextlib.nullcontext()

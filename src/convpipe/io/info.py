@@ -1,4 +1,8 @@
-"""What a TIFF or Zarr holds, as plain data for ``convpipe info``: no pixels are read."""
+"""What a TIFF or Zarr holds, as plain data for ``convpipe info``: no pixels are read.
+
+The path may be a URL (``s3://``, ``https://``, ...): the metadata is read through the store
+layer, and nothing secret is shown.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from typing import Any
 
 from convpipe.coords import Frame, is_identity
 from convpipe.errors import RunError
-from convpipe.io import outputs
+from convpipe.io import outputs, stores
 from convpipe.io.geotiff import GDAL_METADATA, PARTIAL_SUFFIX, read_geo
 from convpipe.io.inputs import TIFF_SUFFIXES, axis_letters, multiscales
 from convpipe.io.metadata import ngff_frame, tiff_frame
@@ -68,7 +72,7 @@ def _status(status: dict[str, Any], path: str) -> dict[str, Any]:
     if status.get("complete"):
         info["status"] = f"complete ({total} blocks)"
     else:
-        written = outputs.count_written(path)
+        written = outputs.count_written(stores.parse(path))
         info["status"] = f"partial ({written} of {total} blocks written); finish it with convpipe run --resume"
     info["made by"] = f"convpipe {status.get('version', '?')} from {status.get('config_file') or 'a config'}"
     source = status.get("input", {})
@@ -96,7 +100,7 @@ def _ome_zarr(node: Any, path: str, image: dict[str, Any], version: str) -> dict
         except KeyError:
             levels[f"{dataset['path']} (level {level})"] = {"missing": "the metadata names it but it is not there"}
             continue
-        described = _zarr_array(array, str(Path(path) / str(dataset["path"])))
+        described = _zarr_array(array, _join(path, str(dataset["path"])))
         described.pop("axes", None)
         try:
             described["coordinates"] = _frame(axes, ngff_frame(image, level)) if len(axes) == array.ndim else []
@@ -107,27 +111,33 @@ def _ome_zarr(node: Any, path: str, image: dict[str, Any], version: str) -> dict
     return {**info, **_about(dict(node.attrs), path)}
 
 
-def _zarr(path: str) -> dict[str, Any]:
+def _join(path: str, name: str) -> str:
+    return str(stores.parse(path).joinpath(name))
+
+
+def _zarr(location: stores.Location) -> dict[str, Any]:
     import zarr
 
+    path = location.display
     try:
-        node = zarr.open(path, mode="r")
+        node = zarr.open(store=stores.open_store(location), mode="r")
     except Exception as error:
-        raise RunError(f"{path}: not a readable Zarr array or group ({error})") from None
+        raise RunError(stores.redact(f"{path}: not a readable Zarr array or group ({error})")) from None
     if isinstance(node, zarr.Array):
         return {"path": path, **_zarr_array(node, path)}
     ngff = multiscales(dict(node.attrs))
     if ngff is not None:
         return _ome_zarr(node, path, ngff[0][0], ngff[1])
-    members = {name: _zarr_array(array, str(Path(path) / name)) for name, array in sorted(node.arrays())}
+    members = {name: _zarr_array(array, _join(path, name)) for name, array in sorted(node.arrays())}
     return {"path": path, "format": f"Zarr v{node.metadata.zarr_format} group", "arrays": members}
 
 
-def _tiff(path: str) -> dict[str, Any]:
+def _tiff(location: stores.Location) -> dict[str, Any]:
     import tifffile
 
+    path = location.display
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tifffile.TiffFile(location.path if location.is_local else stores.open_file(location)) as tif:
             page = tif.pages.first
             layout = (
                 f"tiles {page.tilelength}x{page.tilewidth}" if page.is_tiled else f"strips of {page.rowsperstrip} rows"
@@ -165,7 +175,7 @@ def _tiff(path: str) -> dict[str, Any]:
                     info["status"] = "partial: an unfinished GeoTIFF write (the next run removes it)"
             return info
     except Exception as error:
-        raise RunError(f"{path}: not a readable TIFF ({error})") from None
+        raise RunError(stores.redact(f"{path}: not a readable TIFF ({error})")) from None
 
 
 def _gdal_metadata(page: Any) -> dict[str, str]:
@@ -182,7 +192,10 @@ def _gdal_metadata(page: Any) -> dict[str, str]:
 
 def describe(path: str) -> dict[str, Any]:
     """Shape, dtype, chunks, axes, codecs and (for convpipe outputs) completeness."""
-    if not Path(path).exists():
-        raise RunError(f"{path}: no such file or directory")
-    name = path.lower().removesuffix(PARTIAL_SUFFIX)
-    return _tiff(path) if name.endswith(TIFF_SUFFIXES) else _zarr(path)
+    location = stores.parse(path)
+    if location.is_local and not Path(location.path).exists():
+        raise RunError(f"{location}: no such file or directory")
+    if location.is_remote:
+        stores.probe(location, write=False)
+    name = location.name.lower().removesuffix(PARTIAL_SUFFIX)
+    return _tiff(location) if name.endswith(TIFF_SUFFIXES) else _zarr(location)

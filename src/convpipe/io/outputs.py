@@ -1,38 +1,35 @@
-"""Write the output as Zarr v3, block by block, and say how complete it is (SPEC §5).
+"""Zarr and OME-Zarr outputs, written block by block through the store layer, on a local disk
+or in an object store alike (README, "Data safety").
 
 The output is created with ``complete: false`` in its ``convpipe`` attributes. Each block is
-one storage chunk (concurrent writers never share a chunk); after a block's chunk is written a
-marker file records it in ``.convpipe-blocks/``, so an interrupted run knows which blocks to
-redo, and a chunk cut short by a crash is never mistaken for a finished one. When every block
-is written the output is marked complete and the markers are removed. A lock file keeps two
-runs from writing the same output at once.
+one storage chunk (or shard), so concurrent writers never share one; after a block's chunk
+is written an object under ``.convpipe-blocks/`` records it, so an interrupted run knows
+which blocks to redo and a chunk cut short by a crash is never taken for a finished one.
+When every block is written the output is marked complete, and only then are the records
+removed. The lease under ``.convpipe-lock/`` (``convpipe.io.lifecycle``) keeps two runs from
+writing one output, and every block checks it before it writes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
-import os
-import shutil
-import socket
-import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from convpipe.errors import ConfigError, RunError
-from convpipe.io import ngff
+from convpipe.errors import RunError
+from convpipe.io import lifecycle, ngff, stores
+from convpipe.io.stores import Location
 
 if TYPE_CHECKING:
     from convpipe.plan import Plan
 
-BLOCKS_DIR = ".convpipe-blocks"
-LOCK_FILE = ".convpipe-lock"
+BLOCKS_PREFIX = ".convpipe-blocks"
+LOCK_PREFIX = ".convpipe-lock"
 
 
 def compressors(codec: str, zarr_format: int = 3) -> tuple[Any, ...]:
@@ -55,118 +52,21 @@ def compressors(codec: str, zarr_format: int = 3) -> tuple[Any, ...]:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """Where blocks go; reopened once per process by every writer."""
+    """Where blocks go; small and picklable: every writer reopens the store from it."""
 
-    path: str
+    location: Location
     run_id: str  # keys the per-process handle cache, so no run writes through a stale one
     array: str = ""  # the level-0 array inside the output ("0" in an OME-Zarr group)
-
-    @property
-    def array_path(self) -> str:
-        return str(Path(self.path) / self.array) if self.array else self.path
+    lease: lifecycle.LeaseKey | None = None  # checked before every block is written
 
 
-def is_zarr(path: Path) -> bool:
-    return path.is_dir() and any((path / name).exists() for name in ("zarr.json", ".zarray", ".zgroup"))
+def _at(location: Location | str) -> Location:
+    """A location, or a path or URL as a user types it."""
+    return location if isinstance(location, Location) else stores.parse(location)
 
 
-def _inside(inner: Path, outer: Path) -> bool:
-    return inner == outer or outer in inner.parents
-
-
-def check_paths(input_path: str | None, output_path: str, replace: bool, format_name: str = "zarr") -> None:
-    """Refuse outputs that would touch the input or clobber something unasked (SPEC §5).
-
-    ``replace``: the run may write over an existing output (``--overwrite`` or ``--resume``);
-    even then only a Zarr store (a TIFF file, for GeoTIFF outputs) is replaced.
-    """
-    out = Path(output_path).resolve()
-    if input_path is not None:
-        source = Path(input_path).resolve()
-        if _inside(out, source):
-            raise ConfigError(f"output.path: {out} is the input or inside it; the input is never written to")
-        if _inside(source, out):
-            raise ConfigError(f"output.path: the input {source} lies inside {out}; choose another output")
-    if out.exists():
-        if not replace:
-            raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
-        if format_name == "geotiff":
-            if not _is_tiff(out):
-                raise ConfigError(f"output.path: {out} exists and is not a TIFF file; refusing to replace it")
-        elif not is_zarr(out):
-            raise ConfigError(f"output.path: {out} exists and is not a Zarr store; refusing to replace it")
-
-
-def _is_tiff(path: Path) -> bool:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-    except OSError:
-        return False
-
-
-# --- the lock --------------------------------------------------------------------------------
-
-
-def _holder(lock: Path) -> dict[str, Any]:
-    try:
-        return dict(json.loads(lock.read_text()))
-    except (OSError, ValueError, TypeError):
-        return {}
-
-
-def _alive(holder: dict[str, Any]) -> bool:
-    """Whether the run holding a lock may still be running (unknowable on another host)."""
-    if holder.get("host") != socket.gethostname():
-        return True
-    try:
-        os.kill(int(holder.get("pid", -1)), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError, OverflowError):
-        return True
-    return True
-
-
-def lock_file(path: str, format_name: str = "zarr") -> Path:
-    """Inside a Zarr output; beside a GeoTIFF (a file cannot hold it)."""
-    out = Path(path)
-    return out.with_name(out.name + LOCK_FILE) if format_name == "geotiff" else out / LOCK_FILE
-
-
-def check_unlocked(path: str, format_name: str = "zarr") -> None:
-    """Refuse to touch an output that a live run is writing."""
-    lock = lock_file(path, format_name)
-    if lock.exists():
-        holder = _holder(lock)
-        if _alive(holder):
-            raise ConfigError(
-                f"output.path: {path} is being written by another convpipe run "
-                f"(pid {holder.get('pid', '?')} on {holder.get('host', '?')}); "
-                f"if that run is gone, remove {lock}"
-            )
-
-
-@contextlib.contextmanager
-def locked(path: str, format_name: str = "zarr") -> Iterator[None]:
-    """Hold the output's lock for the duration; a lock left by a killed run is taken over."""
-    lock = lock_file(path, format_name)
-    check_unlocked(path, format_name)
-    lock.unlink(missing_ok=True)  # stale: its run is dead
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    try:
-        with open(lock, "x") as handle:
-            json.dump(me, handle)
-    except FileExistsError:
-        raise ConfigError(f"output.path: {path} is being written by another convpipe run") from None
-    try:
-        yield
-    finally:
-        if _holder(lock).get("pid") == me["pid"]:
-            lock.unlink(missing_ok=True)
-
-
-# --- writing ---------------------------------------------------------------------------------
+def store(location: Location | str, *, writable: bool = True) -> Any:
+    return stores.open_store(_at(location), read_only=not writable)
 
 
 def level_path(format_name: str, level: int = 0) -> str:
@@ -175,18 +75,22 @@ def level_path(format_name: str, level: int = 0) -> str:
 
 
 def create(
-    path: str, plan: Plan, attributes: dict[str, Any], extra: dict[str, Any] | None = None, name: str = "image"
+    location: Location,
+    plan: Plan,
+    attributes: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    name: str = "image",
 ) -> None:
     """Create the empty output, marked incomplete, with its provenance (and NGFF metadata).
 
     A Zarr output is one array; an OME-Zarr output is a group holding level ``0`` and the
-    pyramid levels. An existing output at ``path`` is replaced; the caller holds its lock,
-    which stays (zarr is told not to clear the folder: we empty it ourselves, lock aside).
+    pyramid levels. Whatever was at the location is removed first, except the lease the
+    caller holds.
     """
     import zarr
 
     storage = plan.storage
-    target = Path(path)
+    target = store(location)
     zarr_format = 2 if storage.format == "ome-zarr" and storage.ngff_version == "0.4" else 3
     status = {**(extra or {}), "convpipe": {**attributes, "complete": False}}
     if storage.format == "ome-zarr":
@@ -200,20 +104,17 @@ def create(
         attributes = {**ngff.group_attributes(plan.axes, frames, name, storage.ngff_version), **status}
     else:
         arrays = [("", {**_array_options(plan, plan.output_shape, 3), "attributes": status})]
-    for entry in target.iterdir() if target.exists() else ():
-        if entry.name != LOCK_FILE:
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
     try:
+        lifecycle.clear(target, keep_prefix=LOCK_PREFIX)
         if storage.format == "ome-zarr":
-            group = zarr.create_group(str(target), zarr_format=zarr_format, attributes=attributes, overwrite=False)
+            group = zarr.create_group(store=target, zarr_format=zarr_format, attributes=attributes, overwrite=False)
             for array_name, options in arrays:
                 group.create_array(array_name, **options)
         else:
-            zarr.create_array(store=str(target), zarr_format=3, **arrays[0][1])
-        (target / BLOCKS_DIR).mkdir()
+            zarr.create_array(store=target, zarr_format=3, **arrays[0][1])
     except (OSError, ValueError) as error:
         detail = getattr(error, "strerror", None) or error
-        raise RunError(f"output {path}: cannot create it ({detail})") from None
+        raise RunError(stores.redact(f"output {location}: cannot create it ({detail})")) from None
 
 
 def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict[str, Any]:
@@ -240,90 +141,83 @@ def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict
     return options
 
 
-def prepare(path: str, format_name: str = "zarr") -> OutputSpec:
+def prepare(location: Location, format_name: str, lease: lifecycle.LeaseKey | None) -> OutputSpec:
     """The handle every writer uses for this run."""
-    return OutputSpec(path, uuid.uuid4().hex, level_path(format_name))
-
-
-@functools.lru_cache(maxsize=8)
-def _open(spec: OutputSpec) -> Any:
-    import zarr
-
-    # Every block is written: skip zarr's scan for chunks that hold only the fill value.
-    return zarr.open_array(spec.array_path, mode="r+").with_config({"write_empty_chunks": True})
+    return OutputSpec(location, uuid.uuid4().hex, level_path(format_name), lease)
 
 
 @functools.lru_cache(maxsize=32)
-def _open_level(spec: OutputSpec, level: int) -> Any:
+def _open(spec: OutputSpec, path: str) -> Any:
     import zarr
 
-    path = Path(spec.path) / str(level)
-    return zarr.open_array(str(path), mode="r+").with_config({"write_empty_chunks": True})
+    # Every block is written: skip zarr's scan for chunks that hold only the fill value.
+    array = zarr.open_array(store=store(spec.location), path=path, mode="r+")
+    return array.with_config({"write_empty_chunks": True})
 
 
 def read_level(spec: OutputSpec, level: int, bounds: Sequence[tuple[int, int]]) -> np.ndarray:
     """Samples of one level of an OME-Zarr output (the pyramid reads the level below)."""
-    return np.asarray(_open_level(spec, level)[tuple(slice(start, stop) for start, stop in bounds)])
+    return np.asarray(_open(spec, str(level))[tuple(slice(start, stop) for start, stop in bounds)])
 
 
 def write_level(spec: OutputSpec, level: int, bounds: Sequence[tuple[int, int]], data: np.ndarray) -> None:
-    _open_level(spec, level)[tuple(slice(start, stop) for start, stop in bounds)] = data
-
-
-def _marker(index: Sequence[int]) -> str:
-    return ".".join(str(i) for i in index)
+    if spec.lease is not None:
+        lifecycle.check_lease(store(spec.location), spec.lease)
+    _open(spec, str(level))[tuple(slice(start, stop) for start, stop in bounds)] = data
 
 
 def write_block(spec: OutputSpec, index: Sequence[int], bounds: Sequence[tuple[int, int]], data: np.ndarray) -> None:
-    """Write one block into its own chunk, then record that it is there."""
-    _open(spec)[tuple(slice(start, stop) for start, stop in bounds)] = data
-    (Path(spec.path) / BLOCKS_DIR / _marker(index)).touch()
+    """Write one block into its own chunk, then record that it is there; never after this
+    run's lease was lost (another run took the output over)."""
+    target = store(spec.location)
+    if spec.lease is not None:
+        lifecycle.check_lease(target, spec.lease)
+    _open(spec, spec.array)[tuple(slice(start, stop) for start, stop in bounds)] = data
+    lifecycle.record_block(target, tuple(index), BLOCKS_PREFIX)
 
 
-def written_blocks(path: str) -> set[tuple[int, ...]]:
+def written_blocks(location: Location | str) -> set[tuple[int, ...]]:
     """The blocks an unfinished output already holds."""
-    try:
-        names = os.listdir(Path(path) / BLOCKS_DIR)
-    except FileNotFoundError:
-        return set()
-    return {tuple(int(i) for i in name.split(".")) for name in names if name.replace(".", "").isdigit()}
+    return lifecycle.written_blocks(store(location, writable=False), BLOCKS_PREFIX)
 
 
-def remove_partial_writes(path: str) -> int:
-    """Delete what killed writers left: zarr writes a chunk to ``<key>.<uuid>.partial`` and
-    renames it, so a kill can leave such a file (never a half-written chunk)."""
+def count_written(location: Location | str) -> int:
+    return lifecycle.count_blocks(store(location, writable=False), BLOCKS_PREFIX)
+
+
+def remove_partial_writes(location: Location | str) -> int:
+    """Delete what killed writers left on a local disk: zarr writes a chunk to
+    ``<key>.<uuid>.partial`` and renames it, so a kill can leave such a file (never a
+    half-written chunk). Object stores put whole objects: nothing to clean there."""
+    location = _at(location)
+    if not location.is_local:
+        return 0
     removed = 0
-    for leftover in Path(path).rglob("*.partial"):
+    for leftover in Path(location.path).rglob("*.partial"):
         leftover.unlink(missing_ok=True)
         removed += 1
     return removed
 
 
-def count_written(path: str) -> int:
-    try:
-        return sum(1 for _ in os.scandir(Path(path) / BLOCKS_DIR))
-    except FileNotFoundError:
-        return 0
-
-
-def mark_complete(path: str) -> None:
-    """Every block is written: say so, and drop the per-block markers."""
+def mark_complete(location: Location | str) -> None:
+    """Every block is written: say so, then drop the per-block records."""
     import zarr
 
-    node = zarr.open(path, mode="r+")
+    target = store(location)
+    node = zarr.open(store=target, mode="r+")
     attributes = dict(node.attrs["convpipe"])
     attributes["complete"] = True
     node.attrs["convpipe"] = attributes
-    shutil.rmtree(Path(path) / BLOCKS_DIR, ignore_errors=True)
+    lifecycle.clear_blocks(target, BLOCKS_PREFIX)
 
 
-def read_status(path: str) -> dict[str, Any] | None:
+def read_status(location: Location | str) -> dict[str, Any] | None:
     """The ``convpipe`` attributes of an output (array or OME-Zarr group), or None if it is
     not one of ours."""
     import zarr
 
     try:
-        node = zarr.open(path, mode="r")
+        node = zarr.open(store=store(location, writable=False), mode="r")
     except Exception:
         return None
     status = node.attrs.get("convpipe")

@@ -1,0 +1,115 @@
+"""GeoTIFF outputs: one file, written in one pass and published whole (README, "Data safety").
+
+A TIFF is written in file order, so it cannot be filled block by block like a Zarr store.
+It is written to a partial file (beside the output on a local disk; in the temporary folder
+for an object store, after checking it has room) and published when whole: renamed on a disk,
+uploaded as one object to a store. The path only ever holds the old file or the new one.
+The lease lives beside the file (``NAME.convpipe-lock/``), in the same store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from convpipe.errors import ConfigError, RunError
+from convpipe.io import stores
+from convpipe.io.geotiff import GDAL_METADATA, PARTIAL_SUFFIX
+from convpipe.io.stores import Location
+
+LOCK_SUFFIX = ".convpipe-lock"
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def lock_place(location: Location) -> tuple[Location, str]:
+    """The folder (or bucket prefix) holding the output, and the lease's prefix in it."""
+    return location.parent, location.name + LOCK_SUFFIX
+
+
+def exists(location: Location) -> bool:
+    return stores.exists(location)
+
+
+def read_status(location: Location) -> dict[str, Any] | None:
+    """The provenance a convpipe GeoTIFF keeps in GDAL's metadata tag; None for any other file."""
+    import tifffile
+
+    try:
+        with stores.open_file(location) as handle:
+            if handle.read(4) not in TIFF_MAGIC:
+                return None
+            handle.seek(0)
+            with tifffile.TiffFile(handle) as tif:
+                tag = tif.pages.first.tags.get(GDAL_METADATA)
+                if tag is None:
+                    return None
+                root = ElementTree.fromstring(str(tag.value))
+    except Exception:
+        return None
+    for item in root.iter("Item"):
+        if item.get("name") == "convpipe" and item.text:
+            try:
+                status = json.loads(item.text)
+            except ValueError:
+                return None
+            return status if isinstance(status, dict) else None
+    return None
+
+
+def check_replaceable(location: Location) -> None:
+    """``--overwrite`` replaces a GeoTIFF convpipe wrote, nothing else."""
+    if stores.object_info(location) is None:
+        raise ConfigError(f"output.path: {location} exists and is not a file; refusing to replace it")
+    if read_status(location) is None:
+        raise ConfigError(
+            f"output.path: {location} is a file convpipe did not write (no convpipe provenance in it); "
+            "refusing to replace it"
+        )
+
+
+def remove_leftovers(location: Location) -> None:
+    """A partial file a killed run left beside a local output."""
+    if location.is_local:
+        Path(location.path + PARTIAL_SUFFIX).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def staged(location: Location, size_estimate: int) -> Iterator[Path]:
+    """A partial file to write the TIFF into; published at ``location`` when the block ends
+    without an error, removed otherwise."""
+    if location.is_local:
+        partial = Path(location.path + PARTIAL_SUFFIX)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            yield partial
+            os.replace(partial, location.path)
+        finally:
+            partial.unlink(missing_ok=True)
+        return
+    folder = tempfile.gettempdir()
+    free = shutil.disk_usage(folder).free
+    if free < size_estimate:
+        raise RunError(
+            f"output {location}: the GeoTIFF is staged in {folder} before it is uploaded, and it has "
+            f"{free / 2**30:.1f} GiB free of up to {size_estimate / 2**30:.1f} GiB needed; "
+            "set TMPDIR to a larger folder"
+        )
+    handle, name = tempfile.mkstemp(prefix="convpipe-", suffix=".tif", dir=folder)
+    os.close(handle)
+    partial = Path(name)
+    try:
+        yield partial
+        try:
+            stores.upload(partial, location)
+        except Exception as error:
+            raise RunError(stores.describe_error(location, error)) from None
+    finally:
+        partial.unlink(missing_ok=True)

@@ -1,0 +1,100 @@
+"""Where blocks are computed: threads, processes or synchronous on this machine; a
+``LocalCluster`` of worker processes; a running dask.distributed scheduler's address; or the
+batch cluster a config's ``cluster:`` section starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+
+import dask
+
+from convpipe.cluster import ClusterConfig, batch_cluster
+from convpipe.errors import ConfigError, RunError
+
+LOCAL_SCHEDULERS = {"threads": "threads", "processes": "processes", "sync": "synchronous"}
+SCHEDULERS = (*LOCAL_SCHEDULERS, "local-cluster")
+
+
+def check_scheduler(name: str) -> None:
+    if name not in SCHEDULERS and "://" not in name:
+        raise ConfigError(
+            f"--scheduler: must be threads, processes, sync, local-cluster or an address like tcp://host:8786 "
+            f"(got {name!r})"
+        )
+
+
+def _worker_process_setup() -> None:
+    """In each process-pool worker: die with the parent (even on kill -9), and leave SIGINT and
+    SIGTERM to the parent, which lets the block in hand finish before it stops the run."""
+    import ctypes
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+@contextlib.contextmanager
+def scheduler(
+    name: str, workers: int | None, memory_limit: str | None = None, cluster: ClusterConfig | None = None
+) -> Iterator[Callable[[], None]]:
+    """Make ``name`` Dask's scheduler for the duration (``cluster``: the config's batch cluster).
+
+    Yields ``drain``: called on the way out of a run, even on Ctrl-C or SIGTERM, it waits for
+    the blocks in flight and drops the queued ones, so that none is written after the caller
+    has released the output's lease. (A process pool is drained by Dask itself; a cluster's
+    queued blocks find the lease released and write nothing.)
+    """
+    if name == "cluster":
+        assert cluster is not None
+        with batch_cluster(cluster):
+            yield _nothing
+        return
+    check_scheduler(name)
+    if name == "threads":
+        import concurrent.futures
+
+        pool = concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="convpipe")
+        try:
+            with dask.config.set(scheduler="threads", pool=pool, num_workers=workers):
+                yield lambda: pool.shutdown(wait=True, cancel_futures=True)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return
+    if name in LOCAL_SCHEDULERS:
+        settings = {"scheduler": LOCAL_SCHEDULERS[name], "num_workers": workers}
+        if name == "processes":
+            settings["multiprocessing.initializer"] = _worker_process_setup
+        with dask.config.set(settings):
+            yield _nothing
+        return
+    from distributed import Client, LocalCluster
+
+    if name == "local-cluster":
+        cluster = LocalCluster(
+            n_workers=workers or os.cpu_count() or 1,
+            threads_per_worker=1,
+            memory_limit=memory_limit or "auto",
+            dashboard_address=":0",  # any free port: never collide with another cluster
+            processes=True,
+        )
+        with cluster, Client(cluster):
+            yield _nothing
+        return
+    try:
+        client = Client(name, timeout="10s")
+    except OSError as error:
+        raise RunError(f"--scheduler {name}: cannot reach the scheduler ({error})") from None
+    with client:
+        yield _nothing
+
+
+def _nothing() -> None:
+    pass
