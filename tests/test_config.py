@@ -838,3 +838,52 @@ def test_a_scalar_kernel_says_it_must_be_a_nested_list() -> None:
         bind_2d(second_step(filter="convolve", kernel=5))
     check_message(error, "pipeline[1].kernel: ", ("list",))
     assert "empty" not in str(error.value)
+
+
+# --- paths as URLs, and storage settings ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "kept"),
+    [
+        ("s3://bucket/scenes/a.zarr/", "s3://bucket/scenes/a.zarr"),
+        ("gs://bucket/a.zarr", "gs://bucket/a.zarr"),
+        ("az://container/a.zarr", "az://container/a.zarr"),
+        ("https://example.org/data/a.ome.zarr", "https://example.org/data/a.ome.zarr"),
+    ],
+)
+def test_a_url_is_kept_as_a_url_never_resolved_as_a_local_path(tmp_path: Path, given: str, kept: str) -> None:
+    cfg = from_dict(config(input={"path": given}), base_dir=tmp_path)
+    assert cfg.input.path == kept
+
+
+def test_a_file_url_is_a_local_path(tmp_path: Path) -> None:
+    cfg = from_dict(config(input={"path": f"file://{tmp_path}/in.zarr"}), base_dir="/elsewhere")
+    assert cfg.input.path == str(tmp_path / "in.zarr")
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "words"),
+    [
+        ("input", "ftp://host/a.zarr", "input.path"),
+        ("input", "s3:/bucket/a.zarr", "input.path"),
+        ("output", "https://example.org/out.zarr", "read-only"),
+    ],
+)
+def test_bad_urls_are_one_clear_error(section: str, value: str, words: str) -> None:
+    with pytest.raises(ConfigError, match=words):
+        from_dict(config(**{section: {"path": value}}))
+
+
+def test_storage_keys_are_checked_and_secrets_never_recorded() -> None:
+    with pytest.raises(ConfigError, match=r"input\.storage: .*unknown key 'endpont'"):
+        from_dict(config(input={"path": "s3://b/a.zarr", "storage": {"endpont": "http://127.0.0.1:9000"}}))
+    secret = "wJalrXUtnFEMI-K7MDENG-bPxRfiCY-not-real"
+    storage = {"endpoint": "http://127.0.0.1:9000", "secret_access_key": secret}
+    cfg = from_dict(config(input={"path": "s3://b/a.zarr", "storage": storage}))
+    resolved = cfg.resolved()
+    assert resolved["input"]["storage"] == {"endpoint": "http://127.0.0.1:9000", "secret_access_key": "***"}
+    assert secret not in repr(resolved)
+    with pytest.raises(ConfigError) as error:
+        from_dict(config(input={"path": "s3://b/a.zarr", "storage": {"secret_access_key": 12345678}}))
+    assert "12345678" not in str(error.value)

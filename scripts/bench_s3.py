@@ -1,0 +1,126 @@
+#!/usr/bin/env python
+"""The same convpipe run on local files and through a local S3 server, in one alternating run.
+
+Starts moto's S3 server on loopback (tests/s3server.py), writes one uint16 input Zarr both to a
+local folder and to a bucket, then runs ``convpipe run`` on the edges chain (gaussian σ=2 →
+sharpen → sobel magnitude, float32 out) with input and output both local, and both in the
+bucket, alternating, ``--repeat`` times. Each run is a subprocess measured as scripts/bench.py
+measures (wall time from start to exit, peak RSS of the process tree polled every 20 ms). The
+two outputs are compared to the bit.
+
+    .venv/bin/python scripts/bench_s3.py                  # 8192², 512² chunks, 3 repeats
+    .venv/bin/python scripts/bench_s3.py --size 4096 --repeat 1
+
+moto is one Python process on the same two cores as convpipe and keeps every object in memory:
+the figures compare convpipe's S3 path with its local one under that server, not S3's speed.
+Peak RSS is convpipe's alone (moto's is printed apart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT / "tests")]
+
+import bench  # noqa: E402  (scripts/bench.py: the same measurement)
+from s3server import running_moto  # noqa: E402
+
+PIPELINE = [
+    {"filter": "gaussian", "sigma": 2.0},
+    {"filter": "sharpen", "amount": 1.0},
+    {"filter": "sobel"},
+]
+
+
+def make_input(url: str, size: int, chunk: int, env: dict[str, str]) -> None:
+    """The input, written chunk-row by chunk-row (never whole in memory)."""
+    import numpy as np
+    import zarr
+
+    from convpipe.io import stores
+
+    os.environ.update(env)
+    stores.open_store.cache_clear()
+    target = stores.open_store(stores.parse(url), read_only=False)
+    array = zarr.create_array(store=target, shape=(size, size), chunks=(chunk, chunk), dtype="uint16")
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[0:chunk, 0:size]
+    for top in range(0, size, chunk):
+        rows = (np.sin((y + top) / 97.0) * np.cos(x / 53.0) * 20000 + 30000).astype(np.uint16)
+        array[top : top + chunk] = rows + rng.integers(0, 500, rows.shape, dtype=np.uint16)
+
+
+def config_file(folder: Path, name: str, source: str, output: str) -> Path:
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps({"input": {"path": source}, "output": {"path": output}, "pipeline": PIPELINE}))
+    return path
+
+
+def same_output(local: str, remote: str, env: dict[str, str]) -> bool:
+    import numpy as np
+    import zarr
+
+    from convpipe.io import stores
+
+    os.environ.update(env)
+    stores.open_store.cache_clear()
+    a = zarr.open_array(store=stores.open_store(stores.parse(local)), mode="r")
+    b = zarr.open_array(store=stores.open_store(stores.parse(remote)), mode="r")
+    rows = a.chunks[0]
+    return all(np.array_equal(a[i : i + rows], b[i : i + rows]) for i in range(0, a.shape[0], rows))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=8192, help="image side in pixels (default 8192)")
+    parser.add_argument("--chunk", type=int, default=512, help="input chunk side (default 512)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of each (default 3)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="convpipe-bench-s3-") as tmp, running_moto() as server:
+        folder = Path(tmp)
+        bucket = server.new_bucket()
+        env = {**os.environ, **server.env}
+        local_in, local_out = str(folder / "in.zarr"), str(folder / "out.zarr")
+        remote_in, remote_out = f"s3://{bucket}/in.zarr", f"s3://{bucket}/out.zarr"
+        make_input(local_in, args.size, args.chunk, env)
+        make_input(remote_in, args.size, args.chunk, env)
+        bench.warm(Path(local_in))
+        configs = {
+            "local": config_file(folder, "local", local_in, local_out),
+            "s3": config_file(folder, "s3", remote_in, remote_out),
+        }
+        convpipe = str(Path(sys.executable).with_name("convpipe"))
+        runs: dict[str, list[dict[str, Any]]] = {"local": [], "s3": []}
+        for round_ in range(args.repeat):
+            order = ("local", "s3") if round_ % 2 == 0 else ("s3", "local")
+            for name in order:
+                result = bench.measure([convpipe, "run", str(configs[name]), "--overwrite", "--quiet"], env)
+                if result["returncode"] != 0:
+                    print(f"{name} failed:\n{result['stderr_tail']}", file=sys.stderr)
+                    return 1
+                runs[name].append(result)
+                rss = result["peak_rss"] / 2**20
+                print(f"round {round_ + 1} {name:5s} {result['wall_s']:6.2f} s  {rss:6.0f} MiB")
+        identical = same_output(local_out, remote_out, env)
+        mb = args.size * args.size * 2 / 1e6
+        print(f"\n{args.size}² uint16 ({mb:.0f} MB), {args.chunk}² chunks, edges chain, medians of {args.repeat}:")
+        wall = {name: statistics.median(r["wall_s"] for r in runs[name]) for name in runs}
+        rss = {name: statistics.median(r["peak_rss"] for r in runs[name]) for name in runs}
+        for name in runs:
+            print(f"  {name:5s} {wall[name]:6.2f} s  {mb / wall[name]:6.1f} MB/s  peak RSS {rss[name] / 2**20:6.0f} MiB")
+        print(f"  s3 / local: time {wall['s3'] / wall['local']:.2f}x, peak RSS {rss['s3'] / rss['local']:.2f}x")
+        print(f"  outputs identical: {identical}")
+        return 0 if identical else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
