@@ -116,7 +116,8 @@ def main() -> int:
         wall = {name: statistics.median(r["wall_s"] for r in runs[name]) for name in runs}
         rss = {name: statistics.median(r["peak_rss"] for r in runs[name]) for name in runs}
         for name in runs:
-            print(f"  {name:5s} {wall[name]:6.2f} s  {mb / wall[name]:6.1f} MB/s  peak RSS {rss[name] / 2**20:6.0f} MiB")
+            rate, peak = mb / wall[name], rss[name] / 2**20
+            print(f"  {name:5s} {wall[name]:6.2f} s  {rate:6.1f} MB/s  peak RSS {peak:6.0f} MiB")
         print(f"  s3 / local: time {wall['s3'] / wall['local']:.2f}x, peak RSS {rss['s3'] / rss['local']:.2f}x")
         print(f"  outputs identical: {identical}")
         return 0 if identical else 1
