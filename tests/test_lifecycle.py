@@ -345,7 +345,7 @@ def test_a_stale_listing_does_not_win_a_cleaned_up_generation(store: Store, monk
     real = lifecycle._generations
     stale = [[]]  # the first listing is stale: "nothing there"
     monkeypatch.setattr(lifecycle, "_generations", lambda s, p: stale.pop() if stale else real(s, p))
-    with pytest.raises(Locked, match="was just taken by another convpipe run"):
+    with pytest.raises(Locked, match=r"being written by another convpipe run.*it was just taken"):
         acquire(store, LOCK, 30)
     monkeypatch.undo()
     holder.check()  # the holder is unaffected
@@ -610,9 +610,25 @@ def test_replaceable_outputs(store: Store) -> None:
     _array(store)
     assert classify(store) == "array"
     zarr.open_array(store=store, mode="r+").attrs["convpipe"] = {"complete": False}
-    put(store, "labels/zarr.json", b"{}")  # inside an output of ours, anything goes
     assert classify(store) == "convpipe"
     check_replaceable(store, "output.path: somewhere")
+    put(store, "labels/zarr.json", b"{}")  # what a user added inside an output of ours stays
+    assert classify(store) == "foreign"
+    with pytest.raises(ConfigError, match=r"labels/"):
+        check_replaceable(store, "output.path: somewhere")
+
+
+def test_an_ome_zarr_output_of_ours_is_its_levels_and_nothing_else(store: Store) -> None:
+    status = {"complete": True, "storage": {"levels": 2}}
+    group = zarr.create_group(store=store, attributes={"convpipe": status})
+    for level in ("0", "1"):
+        group.create_array(level, shape=(4, 4), chunks=(2, 2), dtype="f4").attrs["x"] = 1
+        group[level][...] = 1.0
+    assert classify(store) == "convpipe"
+    group.create_group("labels")
+    assert classify(store) == "foreign"
+    with pytest.raises(ConfigError, match=r"labels"):
+        check_replaceable(store, "output.path: somewhere")
 
 
 @pytest.mark.parametrize(

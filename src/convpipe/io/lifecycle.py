@@ -24,11 +24,12 @@ taker that acted on an old listing (it recreated a generation cleaned up meanwhi
 higher one when it lists again after winning, and backs off.
 
 Generation N may be taken over when its record says ``released``, when its lease expired
-(``expires < now``), or when its holder is provably dead: same host and same boot, and its
-pid is gone, or that pid now belongs to a process that started at another time, or it is
-our own pid but not a lease this process holds (pid 1 in a container, restarted). Otherwise
-the holder is alive, or unknowable (another host): ``Locked``, or with ``wait`` the taker
-waits until the lease expires and takes over if it was not renewed meanwhile.
+(``expires < now``), or when its holder is provably dead: same host, same boot and same pid
+namespace, and its pid is gone, or that pid now belongs to a process that started at another
+time, or it is our own pid but not a lease this process holds. Otherwise the holder is
+alive, or unknowable (another host; another pid namespace, i.e. a container, whose pids mean
+nothing here, pid 1 least of all): ``Locked``, or with ``wait`` the taker waits until the
+lease expires and takes over if it was not renewed meanwhile.
 
 What a lease guarantees: at any moment at most one generation is the highest, so at most
 one run *believes correctly* that it holds the output, and every writer that checks the
@@ -138,6 +139,14 @@ def _boot_id() -> str | None:
         return None
 
 
+def _pid_namespace() -> str | None:
+    """This process's pid namespace ("pid:[4026531836]"): pids are only comparable within one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _proc_stat(pid: int) -> tuple[str, int] | None:
     """(state, start time in clock ticks since boot) of a process, None if unknowable."""
     try:
@@ -178,6 +187,9 @@ def _dead_because(record: dict[str, Any]) -> str | None:
     boot = _boot_id()
     if boot is None or record.get("boot_id") != boot:
         return None
+    namespace = record.get("pid_ns")
+    if namespace is not None and namespace != _pid_namespace():
+        return None  # a pid of another container: it proves nothing here
     pid = record.get("pid")
     if not isinstance(pid, int):
         return None
@@ -416,6 +428,7 @@ def _take(
             "pid": pid,
             "pid_start": _start_time(pid),
             "boot_id": _boot_id(),
+            "pid_ns": _pid_namespace(),
             "since": now,
             "renewed": now,
             "expires": now + seconds,
@@ -423,16 +436,25 @@ def _take(
             "released": False,
         }
         key = _key(prefix, generation)
-        sync(store.set_if_not_exists(key, _buffer(_encode(record))))
+        try:
+            sync(store.set_if_not_exists(key, _buffer(_encode(record))))
+        except OSError as error:  # a full disk, a read-only folder: one line, not a traceback
+            detail = error.strerror or error
+            message = f"{name}: cannot write its lease record {key} ({detail}); nothing else was written"
+            raise RunError(message) from None
         there = _read(store, key)
         if there is None or there.get("token") != token:
-            raise Locked(f"{name} was just taken by another convpipe run starting at the same time{_by(there)}")
+            raise Locked(
+                f"{name} is being written by another convpipe run{_by(there)}: it was just taken by that run, "
+                "which started at the same time"
+            )
         generations = _generations(store, prefix)
         newer = [g for g in generations if g > generation]
         if newer:  # we recreated a generation cleaned up under a newer holder: it is not ours
             with contextlib.suppress(Exception):
                 _put(store, key, _encode({**record, "released": True}))
-            raise Locked(f"{name} was just taken by another convpipe run{_by(_read(store, _key(prefix, newer[-1])))}")
+            holder = _by(_read(store, _key(prefix, newer[-1])))
+            raise Locked(f"{name} is being written by another convpipe run{holder}: it was just taken by that run")
         for old in generations:  # lowest first: the highest generation is never missing
             if old < generation:
                 with contextlib.suppress(Exception):
@@ -442,6 +464,25 @@ def _take(
         with _TOKENS_LOCK:
             _LIVE_TOKENS.discard(token)
         raise
+
+
+def lease_state(store: Store, prefix: str = LOCK_PREFIX) -> tuple[int, dict[str, Any] | None]:
+    """The highest generation of the lock (-1: none), and its record if a run that may be
+    alive holds it (read-only)."""
+    prefix = prefix.rstrip("/")
+    generations = _generations(store, prefix)
+    if not generations:
+        return -1, None
+    record = _read(store, _key(prefix, generations[-1]))
+    live = record is not None and _valid(record) and not _free(record, time.time())[0]
+    return generations[-1], record if live else None
+
+
+def check_not_held(store: Store, prefix: str, name: str) -> None:
+    """Locked, naming the holder, if a run that may be alive holds the lease (read-only)."""
+    _, holder = lease_state(store, prefix)
+    if holder is not None:
+        raise Locked(_held_message(name, holder, time.time()))
 
 
 def acquire(
@@ -638,7 +679,7 @@ def _survey(store: Store) -> tuple[str, list[str]]:
         meta = _json(store, "zarr.json") or {}
         attributes = meta.get("attributes")
         if isinstance(attributes, dict) and "convpipe" in attributes:
-            return "convpipe", []
+            return _ours(rest, attributes["convpipe"], meta.get("node_type") == "array", _ndim(meta), v3=True)
         if meta.get("node_type") == "array":
             ndim = _ndim(meta)
             foreign = [key for key in rest if key != "zarr.json" and not _chunk_key(key, ndim, v3=True)]
@@ -646,13 +687,31 @@ def _survey(store: Store) -> tuple[str, list[str]]:
     elif ".zattrs" in rest or ".zarray" in rest:
         attributes = _json(store, ".zattrs") if ".zattrs" in rest else None
         if attributes is not None and "convpipe" in attributes:
-            return "convpipe", []
+            array = ".zarray" in rest
+            ndim = _ndim(_json(store, ".zarray") or {}) if array else None
+            return _ours(rest, attributes["convpipe"], array, ndim, v3=False)
         if ".zarray" in rest:
             ndim = _ndim(_json(store, ".zarray") or {})
             meta_keys = (".zarray", ".zattrs")
             foreign = [key for key in rest if key not in meta_keys and not _chunk_key(key, ndim, v3=False)]
             return ("foreign", foreign) if foreign else ("array", [])
     return "foreign", rest
+
+
+_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zarray")
+
+
+def _ours(rest: list[str], status: Any, array: bool, ndim: int | None, v3: bool) -> tuple[str, list[str]]:
+    """A convpipe output holds its chunks, or its levels, and nothing else: what a user added
+    inside it (labels, notes) makes it foreign, so --overwrite never deletes that."""
+    if array:
+        foreign = [key for key in rest if key not in _METADATA and not _chunk_key(key, ndim, v3=v3)]
+    else:
+        storage = status.get("storage") if isinstance(status, dict) else None
+        levels = storage.get("levels", 1) if isinstance(storage, dict) else 1
+        names = {str(level) for level in range(levels if isinstance(levels, int) else 1)}
+        foreign = [key for key in rest if key not in _METADATA and key.split("/", 1)[0] not in names]
+    return ("foreign", foreign) if foreign else ("convpipe", [])
 
 
 def classify(store: Store) -> str:
