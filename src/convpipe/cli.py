@@ -8,6 +8,7 @@ Kubernetes at eviction). ``--debug`` shows the traceback instead of the one-line
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -286,9 +287,18 @@ def main(argv: list[str] | None = None) -> None:
         # zarr's event loop would log their cancelled reads as errors.
         logging.getLogger("asyncio").setLevel(logging.CRITICAL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        what, status = ("terminated (SIGTERM)", 143) if isinstance(stop, Terminated) else ("interrupted", 130)
+        # click turns a KeyboardInterrupt (Terminated included) into Abort, raised from it
+        terminated = isinstance(stop, Terminated) or isinstance(stop.__cause__, Terminated)
+        what, status = ("terminated (SIGTERM)", 143) if terminated else ("interrupted", 130)
         resume = " (run it again with --resume to finish a partial output)" if _running(args) else ""
         click.echo(f"convpipe: {what}{resume}", err=True)
+        if argv is None:
+            # The command's own process: the lease is released and the blocks in flight are
+            # written, so leave now. A normal interpreter shutdown could meet a store request
+            # still completing in obstore's runtime threads and abort (PyO3/pyo3#4874).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(status)
         sys.exit(status)
     except ConvpipeError as error:
         if debug:

@@ -183,17 +183,21 @@ def _gather(*blocks: np.ndarray) -> list[np.ndarray]:
     return list(blocks)
 
 
-def block_rows(plan: Plan, source: Source) -> Iterator[list[np.ndarray]]:
+def block_rows(plan: Plan, source: Source, options: dict[str, Any] | None = None) -> Iterator[list[np.ndarray]]:
     """The output as rows of blocks (left to right), top to bottom and band after band, for
     writers that must go in file order (GeoTIFF). The blocks of a row are computed in
     parallel, and the next row while the caller writes this one: memory holds two rows.
+    ``options`` go to ``compute`` (the scheduler and its pool).
     """
+    options = options or {}
     builder = GraphBuilder(plan, source)
     pending = [(k, key) for k, key in enumerate(builder.value_ranges) if key is not None]
     if pending:  # the global ranges, once, not once per row
         final = f"convpipe-ranges-{builder.token}"
         builder.tasks[final] = (tuple, [key for _, key in pending])
-        ranges = Delayed(final, HighLevelGraph.from_collections(final, builder.tasks, dependencies=())).compute()
+        ranges = Delayed(final, HighLevelGraph.from_collections(final, builder.tasks, dependencies=())).compute(
+            **options
+        )
         for (k, _), value in zip(pending, ranges, strict=True):
             builder.value_ranges[k] = value
     grid = [range(len(c)) for c in plan.chunks]
@@ -205,7 +209,7 @@ def block_rows(plan: Plan, source: Source) -> Iterator[list[np.ndarray]]:
         final = f"convpipe-row-{builder.token}-{'.'.join(map(str, row))}"
         builder.tasks[final] = (_gather, *keys)
         graph = HighLevelGraph.from_collections(final, builder.tasks, dependencies=())
-        return list(Delayed(final, graph).compute())
+        return list(Delayed(final, graph).compute(**options))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ahead:
         upcoming = ahead.submit(compute_row, rows[0]) if rows else None

@@ -285,4 +285,3 @@ def apply_op(
     if isinstance(op, Pointwise):
         return op.apply(window, stride, value_range)
     return op.apply(window, stride, finite)
-

@@ -113,20 +113,54 @@ def check_output(config: Config, plan: Plan, *, overwrite: bool, resume: bool) -
     if geotiff_output:
         status = geotiff_out.read_status(out)
         if not (overwrite or resume):
+            lifecycle.check_not_held(*_lock_store(config, plan), f"output.path: {out}")
             raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
         geotiff_out.check_replaceable(out)
         return "ours" if status is not None else "replaceable"
     if stores.object_info(out) is not None:
         raise ConfigError(f"output.path: {out} is a file, not a folder as a Zarr store is; refusing to replace it")
     kind = lifecycle.classify(outputs.store(out, writable=False))
-    if kind == "empty":
+    if kind in ("empty", "leftover"):  # nothing, or only the lease records of a run that wrote nothing
         return "missing"
     if not (overwrite or resume):
+        lifecycle.check_not_held(*_lock_store(config, plan), f"output.path: {out}")
         raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
     if resume and kind not in ("convpipe", "leftover"):
         raise ConfigError(f"--resume: {out} is not a convpipe output; refusing to write into it")
     lifecycle.check_replaceable(outputs.store(out, writable=False), f"output.path: {out}")
     return "ours" if kind == "convpipe" else "replaceable"
+
+
+def _lock_store(config: Config, plan: Plan) -> tuple[Any, str]:
+    """Where the output's lease lives: the store (read-only) and the prefix in it."""
+    out = output_location(config)
+    if plan.storage.format == "geotiff":
+        folder, prefix = geotiff_out.lock_place(out)
+        return outputs.store(folder, writable=False), prefix
+    return outputs.store(out, writable=False), outputs.LOCK_PREFIX
+
+
+def _lock_state(config: Config, plan: Plan) -> tuple[int, bool]:
+    """The output's lease generation before this run's checks and whether a run that may be
+    alive held it ((-1, False): none, or unreadable, which the checks then explain)."""
+    try:
+        generation, holder = lifecycle.lease_state(*_lock_store(config, plan))
+    except Exception:
+        return -1, False
+    return generation, holder is not None
+
+
+def _check_alone(lease: lifecycle.Lease, seen: tuple[int, bool], resume: bool) -> None:
+    """Unless resuming, refuse when another run held the lease since this run's checks, or
+    held it then and released it while this run waited: it wrote what this run did not check,
+    and of two runs started at once only one proceeds. Taking over the lease of a run that
+    died (or whose lease expired) is fine: that is the generation seen, taken over."""
+    generation, live = seen
+    if not resume and (lease.generation > generation + 1 or (live and lease.took_over is None)):
+        raise lifecycle.Locked(
+            f"{lease.name} is being written by another convpipe run, or was while this run started; "
+            "this run changed nothing: look at the output, then run again"
+        )
 
 
 def _has_output(location: stores.Location) -> bool:
@@ -194,6 +228,7 @@ def run(
     if scheduler_name != "cluster":
         check_scheduler(scheduler_name)
     plan = make_plan(config, memory, workers)
+    seen = _lock_state(config, plan)  # before the checks: see _check_alone
     found = check_output(config, plan, overwrite=overwrite, resume=resume)
     check_memory(plan, scheduler_name, workers)
     record = provenance(config, plan)
@@ -209,23 +244,26 @@ def run(
         trial_block(plan, input_spec(config, plan))
     if plan.storage.format == "geotiff":
         return _run_geotiff(
-            config, plan, record, progress, scheduler_name, workers, memory_limit, lease_seconds, notify
+            config, plan, record, progress, scheduler_name, workers, memory_limit, lease_seconds, notify, seen, resume
         )
     start = time.perf_counter()
     store = outputs.store(out)
     # Connect to the scheduler before touching the output: a bad address must not cost the
     # user an existing output, nor leave anything behind.
     with (
-        scheduler(scheduler_name, workers, memory_limit, config.cluster) as drain,
+        scheduler(scheduler_name, workers, memory_limit, config.cluster) as scheduling,
         lifecycle.held(
             store, outputs.LOCK_PREFIX, lease_seconds, **_waiting(out, resume or overwrite, notify)
         ) as lease,
         _writing(out),
-        _draining(drain),
+        _draining(scheduling.drain),
     ):
+        _check_alone(lease, seen, resume)
         status = _status(plan, out) if resume else None  # again, now that the output is ours
         if status is not None:
             check_resumable(status, record)
+            if status.get("complete"):  # another run finished it while this one waited
+                return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
             outputs.remove_partial_writes(out)
             done = outputs.written_blocks(out)
         else:
@@ -238,10 +276,11 @@ def run(
         graph = write_graph(plan, input_spec(config, plan), outputs.write_block, target, todo)
         graph_seconds = time.perf_counter() - graph_start
         with _progress(progress, out, plan):
-            written = graph.compute() if todo else 0
+            written = graph.compute(**scheduling.options) if todo else 0
             # The pyramid, level by level from the one below; redone whole after a resume.
             for level in range(1, plan.storage.pyramid + 1):
-                pyramid_graph(plan, level, outputs.read_level, outputs.write_level, target).compute()
+                graph = pyramid_graph(plan, level, outputs.read_level, outputs.write_level, target)
+                graph.compute(**scheduling.options)
         lease.renew()  # still ours: no other run took over while the blocks were written
         outputs.mark_complete(out)
     seconds = time.perf_counter() - start
@@ -307,6 +346,8 @@ def _run_geotiff(
     memory_limit: str | None,
     lease_seconds: float,
     notify: Callable[[str], None] | None,
+    seen: tuple[int, bool] = (-1, False),
+    resume: bool = False,
 ) -> RunResult:
     """Write a GeoTIFF in file order, row of blocks by row, to a partial file published when
     whole: the path only ever holds a complete file (or what was there before)."""
@@ -321,14 +362,20 @@ def _run_geotiff(
     size = math.prod(plan.output_shape) * plan.output_dtype.itemsize
 
     with (
-        scheduler(scheduler_name, workers, memory_limit, config.cluster) as drain,
+        scheduler(scheduler_name, workers, memory_limit, config.cluster) as scheduling,
         lifecycle.held(outputs.store(folder), prefix, lease_seconds, **_waiting(out, True, notify)) as lease,
         _writing(out),
-        _draining(drain),
+        _draining(scheduling.drain),
     ):
+        _check_alone(lease, seen, resume)
+        status = geotiff_out.read_status(out) if resume else None
+        if status is not None:
+            check_resumable(status, record)
+            if status.get("complete"):  # another run finished it while this one waited
+                return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
 
         def counted() -> Iterator[list[np.ndarray]]:
-            for row in block_rows(plan, input_spec(config, plan)):
+            for row in block_rows(plan, input_spec(config, plan), scheduling.options):
                 if lease.lost.is_set():
                     raise lifecycle.LeaseLost(f"output {out}: another run took over this output; this run stops")
                 done[0] += per_row  # computed is done: the writer stops at its last tile

@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import dask
 
@@ -44,18 +46,20 @@ def _worker_process_setup() -> None:
 @contextlib.contextmanager
 def scheduler(
     name: str, workers: int | None, memory_limit: str | None = None, cluster: ClusterConfig | None = None
-) -> Iterator[Callable[[], None]]:
+) -> Iterator[Scheduling]:
     """Make ``name`` Dask's scheduler for the duration (``cluster``: the config's batch cluster).
 
-    Yields ``drain``: called on the way out of a run, even on Ctrl-C or SIGTERM, it waits for
-    the blocks in flight and drops the queued ones, so that none is written after the caller
-    has released the output's lease. (A process pool is drained by Dask itself; a cluster's
-    queued blocks find the lease released and write nothing.)
+    Yields how to compute (``options`` for ``compute``) and how to ``drain``: called on the way
+    out of a run, even on Ctrl-C or SIGTERM, it waits for the blocks in flight and drops the
+    queued ones, so that none is written after the caller has released the output's lease. (A
+    process pool is drained by Dask itself; a cluster's queued blocks find the lease released
+    and write nothing.) A thread pool is this run's own, passed to ``compute``, so two runs in
+    one process (a notebook) never share or shut down each other's.
     """
     if name == "cluster":
         assert cluster is not None
         with batch_cluster(cluster):
-            yield _nothing
+            yield Scheduling()
         return
     check_scheduler(name)
     if name == "threads":
@@ -63,8 +67,9 @@ def scheduler(
 
         pool = concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="convpipe")
         try:
-            with dask.config.set(scheduler="threads", pool=pool, num_workers=workers):
-                yield lambda: pool.shutdown(wait=True, cancel_futures=True)
+            yield Scheduling(
+                lambda: pool.shutdown(wait=True, cancel_futures=True), {"scheduler": "threads", "pool": pool}
+            )
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return
@@ -73,7 +78,7 @@ def scheduler(
         if name == "processes":
             settings["multiprocessing.initializer"] = _worker_process_setup
         with dask.config.set(settings):
-            yield _nothing
+            yield Scheduling()
         return
     from distributed import Client, LocalCluster
 
@@ -86,15 +91,23 @@ def scheduler(
             processes=True,
         )
         with cluster, Client(cluster):
-            yield _nothing
+            yield Scheduling()
         return
     try:
         client = Client(name, timeout="10s")
     except OSError as error:
         raise RunError(f"--scheduler {name}: cannot reach the scheduler ({error})") from None
     with client:
-        yield _nothing
+        yield Scheduling()
 
 
 def _nothing() -> None:
     pass
+
+
+@dataclass(frozen=True)
+class Scheduling:
+    """How a run computes: keyword arguments for ``compute``, and how to drain what is in flight."""
+
+    drain: Callable[[], None] = _nothing
+    options: dict[str, Any] = field(default_factory=dict)

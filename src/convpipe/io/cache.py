@@ -169,6 +169,8 @@ class ChunkCache:
             chunk = self.whole.pop(key)
             if chunk is not None:
                 self._keep_strips(key, chunk, held)
+                if key not in self.strips:
+                    self.signatures.pop(key, None)  # no strips kept: no entry left
 
     def _keep_strips(self, key: tuple[int, ...], chunk: np.ndarray, held: Sequence[tuple[bool, bool]]) -> None:
         strips = _Strips.of(chunk, self.depth, held)

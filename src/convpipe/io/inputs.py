@@ -240,24 +240,19 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
     kind = "zarr"
     if isinstance(node, zarr.Group):
         ngff = multiscales(dict(node.attrs))
-        arrays = sorted(name for name, _ in node.arrays())
         name = spec.array
         if name is None and ngff is not None:
             name, axes, frame = _ngff_level(ngff[0], spec)
             kind = "ome-zarr"
         if name is None:
+            arrays = _arrays(node) or []
             if len(arrays) != 1:
-                raise ConfigError(
-                    f"input.array: {spec.path} is a Zarr group; name the array to read "
-                    f"(it holds: {', '.join(arrays) or 'no arrays'})"
-                )
+                raise ConfigError(f"input.array: {spec.path} is a Zarr group; name the array to read ({_holds(node)})")
             name = arrays[0]
         try:
             node = node[name]
         except KeyError:
-            raise ConfigError(
-                f"input.array: no array {name!r} in {spec.path} (it holds: {', '.join(arrays) or 'no arrays'})"
-            ) from None
+            raise ConfigError(f"input.array: no array {name!r} in {spec.path} ({_holds(node)})") from None
         if not isinstance(node, zarr.Array):
             raise ConfigError(f"input.array: {name!r} in {spec.path} is a group, not an array")
     elif spec.array is not None:
@@ -268,10 +263,35 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
     return ArrayReader(node, spec.path, axes, spec.cache_bytes, frame, kind)
 
 
+def _arrays(group: Any) -> list[str] | None:
+    """The arrays of a group, or None if its store cannot list them (an http(s) server cannot):
+    listed only when needed, as an OME-Zarr names its arrays."""
+    try:
+        return sorted(name for name, _ in group.arrays())
+    except Exception:
+        return None
+
+
+def _holds(group: Any) -> str:
+    arrays = _arrays(group)
+    if arrays is None:
+        return "its arrays cannot be listed here"
+    return f"it holds: {', '.join(arrays) or 'no arrays'}"
+
+
 def _refuse_partial(node: Any, location: stores.Location) -> None:
     """A convpipe output that is not complete is not an input: its missing blocks would be
     read as zeros, and the result marked complete."""
     status = node.attrs.get("convpipe")
+    if status is None and location.parent.url != location.url:
+        import zarr
+
+        try:  # a level array of an OME-Zarr output (out.ome.zarr/0): its group keeps the status
+            group = zarr.open_group(store=stores.open_store(location.parent), mode="r")
+            if isinstance(group.attrs.get("convpipe"), dict):
+                node, location, status = group, location.parent, group.attrs["convpipe"]
+        except Exception:
+            pass  # no group above: a plain array
     if not isinstance(status, dict) or status.get("complete", True):
         return
     from convpipe.io import lifecycle
