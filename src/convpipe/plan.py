@@ -275,6 +275,16 @@ def default_cache(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tup
     return int(min(MAX_CACHE_BYTES, 1.5 * layer))
 
 
+def remote_cache(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tuple[int, ...], dtype: np.dtype) -> int:
+    """The chunk cache for an input in an object store, in 2-D too: there every halo chunk read
+    again is another request (on 512² chunks and 2048² blocks, 56 % more GETs without it)."""
+    if tuple(storage) == tuple(shape) or not spatial:
+        return 0
+    slow = spatial[0]
+    layer = storage[slow] * math.prod(n for d, n in enumerate(shape) if d != slow) * np.dtype(dtype).itemsize
+    return int(min(MAX_CACHE_BYTES, 1.5 * layer))
+
+
 def default_axes(ndim: int) -> str:
     if ndim == 2:
         return "yx"

@@ -10,6 +10,7 @@ without the lease, which is released only after the blocks in flight have finish
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -27,7 +28,7 @@ from convpipe.io import geotiff, geotiff_out, lifecycle, outputs, stores
 from convpipe.io.geotiff import GeoInfo
 from convpipe.io.inputs import InputSpec, open_input
 from convpipe.memory import available_bytes
-from convpipe.plan import GEOTIFF_ENCODE_BYTES, Plan, bind
+from convpipe.plan import GEOTIFF_ENCODE_BYTES, Plan, bind, remote_cache
 from convpipe.progress import Progress
 from convpipe.provenance import check_resumable, provenance
 from convpipe.schedulers import LOCAL_SCHEDULERS, SCHEDULERS, check_scheduler, scheduler
@@ -59,6 +60,9 @@ def make_plan(config: Config, memory: int | None = None, workers: int | None = N
     plan = bind(
         config, reader.shape, reader.dtype, reader.chunks, reader.axes, frame=reader.frame, input_kind=reader.kind
     )
+    if plan.cache_bytes == 0 and stores.parse(config.input.path, storage=config.input.storage).is_remote:
+        cache = remote_cache(plan.input_shape, plan.input_chunks, plan.spatial, plan.input_dtype)
+        plan = dataclasses.replace(plan, cache_bytes=cache)
     if memory is not None:
         plan = plan.fitted(memory, workers or os.cpu_count() or 1)
     return plan
