@@ -449,7 +449,7 @@ def test_a_requeued_job_on_another_host_takes_over_after_the_lease(
     assert code == 0, err
     waited = re.search(r"waiting up to (\d+) s for the lease of pid \d+ on other-node to expire", err)
     assert waited is not None and int(waited.group(1)) <= 3, err
-    assert f"took over {out} from a run that is gone (pid {top_pid(err)} on other-node" in err
+    assert f"took over {out} from a run that stopped (pid {top_pid(err)} on other-node" in err
     assert time.monotonic() - begun < 3 + 30
     assert complete(out) and not lease_held(out)
     assert data_digest(out) == image_reference
@@ -485,7 +485,7 @@ def test_a_dead_run_as_pid_1_is_taken_over(
     resumed = start("run", config, "--resume", "--lock-lease", 3, prefix=as_pid_1)
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err
-    assert f"took over {out} from a run that is gone (pid 1 on {host}" in err
+    assert f"took over {out} from a run that stopped (pid 1 on {host}" in err
     assert complete(out) and not lease_held(out)
     assert data_digest(out) == image_reference
 
@@ -497,7 +497,7 @@ def test_a_dead_run_as_pid_1_is_taken_over(
     begun = time.monotonic()
     code, _, err = invoke(capsys, "run", config, "--resume", "--lock-lease", 3)
     assert code == 0, err
-    assert f"took over {out} from a run that is gone (pid 1 on {host}" in err
+    assert f"took over {out} from a run that stopped (pid 1 on {host}" in err
     assert time.monotonic() - begun < 3 + 30
     assert complete(out) and not lease_held(out)
     assert data_digest(out) == image_reference

@@ -319,7 +319,7 @@ def test_kill_9_then_resume_gives_the_same_bytes(s3_env: S3Server, big: dict[str
     start = time.monotonic()
     resumed = subprocess.run([*CLI, "run", str(big["config"]), "--resume"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"took over {big['out']} from a run that is gone (pid {process.pid}" in resumed.stderr
+    assert f"took over {big['out']} from a run that stopped (pid {process.pid}" in resumed.stderr
     assert "(resumed: " in resumed.stderr
     assert time.monotonic() - start < 60  # the dead run's 120 s lease was not waited out
     assert objects(client, big["bucket"], "out.zarr") == big["expected"]

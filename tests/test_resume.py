@@ -170,7 +170,7 @@ def test_a_live_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(
     with pytest.raises(SystemExit) as done:
         main(["run", str(config), "--overwrite"])
     assert done.value.code == 0
-    assert f"took over {out} from a run that is gone (pid {holder.pid} on " in capsys.readouterr().err
+    assert f"took over {out} from a run that stopped (pid {holder.pid} on " in capsys.readouterr().err
     assert not lease_held(out)
     assert zarr.open_array(str(out), mode="r").attrs["convpipe"]["complete"] is True
 

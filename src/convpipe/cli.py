@@ -132,7 +132,7 @@ def run_command(
         notify=None if quiet else lambda message: click.echo(f"convpipe: {message}", err=True),
     )
     if result.took_over and not quiet:
-        click.echo(f"took over {result.output} from a run that is gone ({result.took_over})", err=True)
+        click.echo(f"took over {result.output} from a run that stopped ({result.took_over})", err=True)
     if not quiet:
         plan = result.plan
         if resume and result.blocks == 0 and result.resumed_from == plan.num_blocks:
@@ -262,6 +262,9 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM or Ctrl-C must not cut short the wait for the blocks in flight.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise Terminated()
 
 
@@ -308,8 +311,10 @@ def main(argv: list[str] | None = None) -> None:
     except Exception as error:
         if debug:
             raise
+        from convpipe.io.stores import redact
+
         click.echo(
-            f"convpipe: internal error: {type(error).__name__}: {error} (rerun with --debug for details)",
+            redact(f"convpipe: internal error: {type(error).__name__}: {error} (rerun with --debug for details)"),
             err=True,
         )
         sys.exit(1)

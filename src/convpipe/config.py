@@ -93,6 +93,12 @@ def _storage(value: Any) -> dict[str, Any] | None:
     return dict(value)
 
 
+def _shown_path(path: str) -> str:
+    from convpipe.io import stores
+
+    return stores.parse(path).display
+
+
 def redacted(storage: dict[str, Any] | None) -> dict[str, Any] | None:
     """The storage mapping as recorded and shown: secrets replaced by ``***``."""
     if storage is None:
@@ -175,7 +181,8 @@ class Config(BaseModel):
         """The config as plain data, every default filled in: recorded in the output."""
         sections = {}
         for name, section in (("input", self.input), ("output", self.output)):
-            sections[name] = {**section.model_dump(mode="json"), "storage": redacted(section.storage)}
+            shown = _shown_path(section.path)  # a URL's password or signature is never recorded
+            sections[name] = {**section.model_dump(mode="json"), "path": shown, "storage": redacted(section.storage)}
         return {
             **sections,
             "pipeline": [step.model_dump(mode="json") for step in self.pipeline],

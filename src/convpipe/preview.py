@@ -323,6 +323,12 @@ def _limits(data: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, 
 def _show_path(path: str | None) -> str:
     if not path:
         return "?"
+    from convpipe.io import stores
+
+    location = stores.parse(path)
+    if location.is_remote:  # a URL as the user knows it, never its query (a signature)
+        shown = location.display
+        return shown if len(shown) <= 60 else "…" + shown[-59:]
     try:
         relative = os.path.relpath(path)
     except ValueError:  # another drive (Windows)
@@ -485,7 +491,12 @@ def _check_target(path: Path, config: Config) -> Path:
         raise ConfigError(f"-o {path}: the preview is a PNG; give a name ending in .png")
     if path.is_dir():
         raise ConfigError(f"-o {path}: is a folder; give a file name ending in .png")
-    source = Path(config.input.path).resolve()
+    from convpipe.io import stores
+
+    location = stores.parse(config.input.path)
+    if location.is_remote:
+        return path
+    source = Path(location.path).resolve()
     if path.resolve() == source or path.resolve().is_relative_to(source):
         raise ConfigError(f"-o {path}: is inside the input {config.input.path}; the input is never written to")
     return path

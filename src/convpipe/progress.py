@@ -83,7 +83,7 @@ class Progress:
     def _report(self, final: bool) -> None:
         try:
             done = self.count()
-        except OSError:
+        except Exception:  # a progress line is never worth failing a run for (a store blip)
             return
         text = self.line(done, time.monotonic() - self._start)
         if self.terminal:

@@ -7,7 +7,8 @@ kernel, would otherwise be finished from new data and marked complete, half old 
 The input fingerprint is a digest of the listing of its objects (key, size, and the store's
 version of each: the ETag in an object store, the modification time and inode on a disk):
 one listing, no pixel read. It misses a chunk rewritten with the same size within the same
-nanosecond on a disk, and nothing an ETag would show in an object store.
+nanosecond on a disk, and nothing an ETag would show in an object store. An HTTP server cannot
+list, so there only the metadata documents are fingerprinted.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from convpipe import filters
 from convpipe._version import __version__
 from convpipe.errors import ConfigError, RunError
 from convpipe.io import lifecycle, stores
+from convpipe.io.inputs import TIFF_SUFFIXES
 
 if TYPE_CHECKING:
     from convpipe.config import Config
@@ -27,11 +29,25 @@ if TYPE_CHECKING:
 def input_fingerprint(location: stores.Location) -> dict[str, Any]:
     """A digest of the input's objects as listed by its store: a Zarr's chunks, a TIFF's file."""
     try:
-        single = stores.object_info(location)
-        listing = [single] if single is not None else list(stores.list_objects(location))
+        if location.scheme in ("http", "https") and not location.name.lower().endswith(TIFF_SUFFIXES):
+            listing = _http_zarr_listing(location)
+        else:
+            single = stores.object_info(location)
+            listing = [single] if single is not None else list(stores.list_objects(location))
     except Exception as error:
         raise RunError(stores.describe_error(location, error)) from None
     return lifecycle.fingerprint((item.key, item.size, item.version) for item in listing)
+
+
+def _http_zarr_listing(location: stores.Location) -> list[stores.ObjectInfo]:
+    """An HTTP server cannot list a Zarr: its metadata documents stand in (their ETags or
+    modification times), so a resume notices a rewritten image but not one rewritten chunk."""
+    found = []
+    for name in ("zarr.json", ".zgroup", ".zattrs", ".zarray", "0/zarr.json", "0/.zarray"):
+        info = stores.object_info(location.joinpath(*name.split("/")))
+        if info is not None:
+            found.append(stores.ObjectInfo(name, info.size, info.version))
+    return found
 
 
 def kernel_digests(config: Config) -> dict[str, str]:

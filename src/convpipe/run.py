@@ -99,9 +99,10 @@ def _inside(inner: stores.Location, outer: stores.Location) -> bool:
 
 
 def check_output(config: Config, plan: Plan, *, overwrite: bool, resume: bool) -> str:
-    """Every check on the output that reads no pixel; returns what is there: ``"missing"``,
-    ``"ours"`` (a convpipe output), or ``"replaceable"`` (a single Zarr array, or what a
-    failed run left). Raises when the run must not touch it."""
+    """Every check on the output that reads no pixel; returns what is there: ``"missing"``
+    (nothing, or only what a run that wrote nothing left: lease records), ``"ours"`` (a
+    convpipe output), or ``"replaceable"`` (a single Zarr array). Raises when the run must not
+    touch it."""
     source = stores.parse(config.input.path, storage=config.input.storage)
     out = output_location(config)
     if _inside(out, source):
@@ -129,7 +130,7 @@ def check_output(config: Config, plan: Plan, *, overwrite: bool, resume: bool) -
     if not (overwrite or resume):
         lifecycle.check_not_held(*_lock_store(config, plan), f"output.path: {out}")
         raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
-    if resume and kind not in ("convpipe", "leftover"):
+    if resume and kind != "convpipe":
         raise ConfigError(f"--resume: {out} is not a convpipe output; refusing to write into it")
     lifecycle.check_replaceable(outputs.store(out, writable=False), f"output.path: {out}")
     return "ours" if kind == "convpipe" else "replaceable"
@@ -144,21 +145,23 @@ def _lock_store(config: Config, plan: Plan) -> tuple[Any, str]:
     return outputs.store(out, writable=False), outputs.LOCK_PREFIX
 
 
-def _lock_state(config: Config, plan: Plan) -> tuple[int, bool]:
+def _lock_state(config: Config, plan: Plan) -> tuple[int, bool] | None:
     """The output's lease generation before this run's checks and whether a run that may be
     alive held it ((-1, False): none, or unreadable, which the checks then explain)."""
     try:
         generation, holder = lifecycle.lease_state(*_lock_store(config, plan))
     except Exception:
-        return -1, False
+        return None  # unreadable: the checks that follow explain why, or the run goes ahead
     return generation, holder is not None
 
 
-def _check_alone(lease: lifecycle.Lease, seen: tuple[int, bool], resume: bool) -> None:
+def _check_alone(lease: lifecycle.Lease, seen: tuple[int, bool] | None, resume: bool) -> None:
     """Unless resuming, refuse when another run held the lease since this run's checks, or
     held it then and released it while this run waited: it wrote what this run did not check,
     and of two runs started at once only one proceeds. Taking over the lease of a run that
     died (or whose lease expired) is fine: that is the generation seen, taken over."""
+    if seen is None:
+        return
     generation, live = seen
     if not resume and (lease.generation > generation + 1 or (live and lease.took_over is None)):
         raise lifecycle.Locked(
@@ -231,6 +234,7 @@ def run(
         raise ConfigError("--resume and --overwrite: choose one (resume keeps the blocks already written)")
     if scheduler_name != "cluster":
         check_scheduler(scheduler_name)
+    open_input.cache_clear()  # an input rewritten since an earlier run in this process is read afresh
     plan = make_plan(config, memory, workers)
     seen = _lock_state(config, plan)  # before the checks: see _check_alone
     found = check_output(config, plan, overwrite=overwrite, resume=resume)
@@ -264,13 +268,14 @@ def run(
     ):
         _check_alone(lease, seen, resume)
         status = _status(plan, out) if resume else None  # again, now that the output is ours
+        done: set[tuple[int, ...]] = set()
         if status is not None:
             check_resumable(status, record)
             if status.get("complete"):  # another run finished it while this one waited
                 return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
             outputs.remove_partial_writes(out)
             done = outputs.written_blocks(out)
-        else:
+        if status is None or not done:  # nothing to keep (a kill may even have cut its creation short)
             extra = geo_attributes(output_geo(config, plan))
             outputs.create(out, plan, record, extra, name=_image_name(config))
             done = set()
@@ -317,7 +322,8 @@ def _image_name(config: Config) -> str:
 def _describe_holder(holder: dict[str, Any] | None) -> str | None:
     if not holder:
         return None
-    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}"
+    reason = f": {holder['reason']}" if holder.get("reason") else ""
+    return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{reason}"
 
 
 @contextlib.contextmanager
@@ -336,8 +342,14 @@ def _writing(out: stores.Location) -> Iterator[None]:
         yield
     except ConvpipeError:
         raise
-    except OSError as error:
-        raise RunError(stores.redact(f"output {out}: writing failed ({error}); the output is incomplete")) from None
+    except Exception as error:
+        if not stores.is_store_error(error):
+            raise
+        if isinstance(error, OSError):
+            detail = stores.redact(str(error))
+        else:  # obstore's errors run to many lines, with request details: one readable line
+            detail = stores.describe_error(out, error).removeprefix(f"{out.display}: ")
+        raise RunError(f"output {out}: writing failed ({detail}); the output is incomplete") from None
 
 
 def _run_geotiff(
@@ -350,8 +362,8 @@ def _run_geotiff(
     memory_limit: str | None,
     lease_seconds: float,
     notify: Callable[[str], None] | None,
-    seen: tuple[int, bool] = (-1, False),
-    resume: bool = False,
+    seen: tuple[int, bool] | None,
+    resume: bool,
 ) -> RunResult:
     """Write a GeoTIFF in file order, row of blocks by row, to a partial file published when
     whole: the path only ever holds a complete file (or what was there before)."""
@@ -367,7 +379,7 @@ def _run_geotiff(
 
     with (
         scheduler(scheduler_name, workers, memory_limit, config.cluster) as scheduling,
-        lifecycle.held(outputs.store(folder), prefix, lease_seconds, **_waiting(out, True, notify)) as lease,
+        lifecycle.held(outputs.store(folder), prefix, lease_seconds, **_waiting(out, resume, notify)) as lease,
         _writing(out),
         _draining(scheduling.drain),
     ):
@@ -381,7 +393,7 @@ def _run_geotiff(
         def counted() -> Iterator[list[np.ndarray]]:
             for row in block_rows(plan, input_spec(config, plan), scheduling.options):
                 if lease.lost.is_set():
-                    raise lifecycle.LeaseLost(f"output {out}: another run took over this output; this run stops")
+                    raise lifecycle.LeaseLost(lease.lost_reason or f"output {out}: this run lost its lease; it stops")
                 done[0] += per_row  # computed is done: the writer stops at its last tile
                 yield row
 

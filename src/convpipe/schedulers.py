@@ -52,8 +52,9 @@ def scheduler(
     Yields how to compute (``options`` for ``compute``) and how to ``drain``: called on the way
     out of a run, even on Ctrl-C or SIGTERM, it waits for the blocks in flight and drops the
     queued ones, so that none is written after the caller has released the output's lease. (A
-    process pool is drained by Dask itself; a cluster's queued blocks find the lease released
-    and write nothing.) A thread pool is this run's own, passed to ``compute``, so two runs in
+    process pool is drained by Dask itself. A dask.distributed cluster is not drained: its
+    queued blocks find the lease released and write nothing, but a block a worker is writing
+    at that moment still lands.) A thread pool is this run's own, passed to ``compute``, so two runs in
     one process (a notebook) never share or shut down each other's.
     """
     if name == "cluster":

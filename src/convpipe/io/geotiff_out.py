@@ -10,6 +10,7 @@ The lease lives beside the file (``NAME.convpipe-lock/``), in the same store.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -76,9 +77,18 @@ def check_replaceable(location: Location) -> None:
 
 
 def remove_leftovers(location: Location) -> None:
-    """A partial file a killed run left beside a local output."""
+    """A partial file a killed run left beside a local output, or staged for a remote one."""
     if location.is_local:
         Path(location.path + PARTIAL_SUFFIX).unlink(missing_ok=True)
+    else:
+        staging_file(location).unlink(missing_ok=True)
+
+
+def staging_file(location: Location) -> Path:
+    """Where a GeoTIFF bound for an object store is staged: named after its URL, so the next
+    run for the same output removes what a killed run left (the lease keeps runs apart)."""
+    digest = hashlib.sha256(location.url.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"convpipe-{digest}-{location.name}"
 
 
 @contextlib.contextmanager
@@ -102,9 +112,8 @@ def staged(location: Location, size_estimate: int) -> Iterator[Path]:
             f"{free / 2**30:.1f} GiB free of up to {size_estimate / 2**30:.1f} GiB needed; "
             "set TMPDIR to a larger folder"
         )
-    handle, name = tempfile.mkstemp(prefix="convpipe-", suffix=".tif", dir=folder)
-    os.close(handle)
-    partial = Path(name)
+    partial = staging_file(location)
+    partial.unlink(missing_ok=True)  # what a killed run staged for this output
     try:
         yield partial
         try:

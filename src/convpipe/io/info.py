@@ -72,7 +72,10 @@ def _status(status: dict[str, Any], path: str) -> dict[str, Any]:
     if status.get("complete"):
         info["status"] = f"complete ({total} blocks)"
     else:
-        written = outputs.count_written(stores.parse(path))
+        try:
+            written: int | str = outputs.count_written(stores.parse(path))
+        except Exception:  # a store that cannot list (http)
+            written = "?"
         info["status"] = f"partial ({written} of {total} blocks written); finish it with convpipe run --resume"
     info["made by"] = f"convpipe {status.get('version', '?')} from {status.get('config_file') or 'a config'}"
     source = status.get("input", {})

@@ -13,7 +13,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +41,7 @@ class InputSpec:
     series: int = 0
     level: int = 0
     cache_bytes: int = 0  # decoded chunks kept for neighbouring blocks' halos
-    storage: tuple[tuple[str, Any], ...] = ()  # object store settings (input.storage)
+    storage: tuple[tuple[str, Any], ...] = field(default=(), repr=False)  # input.storage: may hold secrets
 
     @property
     def location(self) -> stores.Location:
@@ -49,7 +49,7 @@ class InputSpec:
 
     @property
     def is_tiff(self) -> bool:
-        return self.path.lower().endswith(TIFF_SUFFIXES)
+        return self.location.name.lower().endswith(TIFF_SUFFIXES)  # a signed URL's query aside
 
 
 class ArrayReader:
@@ -247,20 +247,20 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
         if name is None:
             arrays = _arrays(node) or []
             if len(arrays) != 1:
-                raise ConfigError(f"input.array: {spec.path} is a Zarr group; name the array to read ({_holds(node)})")
+                raise ConfigError(f"input.array: {location} is a Zarr group; name the array to read ({_holds(node)})")
             name = arrays[0]
         try:
             node = node[name]
         except KeyError:
-            raise ConfigError(f"input.array: no array {name!r} in {spec.path} ({_holds(node)})") from None
+            raise ConfigError(f"input.array: no array {name!r} in {location} ({_holds(node)})") from None
         if not isinstance(node, zarr.Array):
-            raise ConfigError(f"input.array: {name!r} in {spec.path} is a group, not an array")
+            raise ConfigError(f"input.array: {name!r} in {location} is a group, not an array")
     elif spec.array is not None:
-        raise ConfigError(f"input.array: {spec.path} is a single array, not a group; remove input.array")
+        raise ConfigError(f"input.array: {location} is a single array, not a group; remove input.array")
     if axes is None:
         names = getattr(node.metadata, "dimension_names", None)
         axes = axis_letters(names) if names else None
-    return ArrayReader(node, spec.path, axes, spec.cache_bytes, frame, kind)
+    return ArrayReader(node, location.display, axes, spec.cache_bytes, frame, kind)
 
 
 def _arrays(group: Any) -> list[str] | None:
@@ -296,7 +296,10 @@ def _refuse_partial(node: Any, location: stores.Location) -> None:
         return
     from convpipe.io import lifecycle
 
-    written = lifecycle.count_blocks(node.store, ".convpipe-blocks")
+    try:
+        written: int | str = lifecycle.count_blocks(node.store, lifecycle.BLOCKS_PREFIX)
+    except Exception:  # a store that cannot list (http)
+        written = "?"
     raise ConfigError(
         f"input {location} is a partial convpipe output ({written} of {status.get('blocks', '?')} blocks); "
         "finish it with --resume first"
@@ -318,13 +321,15 @@ def _ngff_level(multiscales: list[dict[str, Any]], spec: InputSpec) -> tuple[str
     datasets = image.get("datasets", [])
     if spec.level >= len(datasets):
         raise ConfigError(
-            f"input.level: {spec.path} has {len(datasets)} levels (0 to {len(datasets) - 1}); got {spec.level}"
+            f"input.level: {spec.location} has {len(datasets)} levels (0 to {len(datasets) - 1}); got {spec.level}"
         )
     names = [axis.get("name") if isinstance(axis, dict) else axis for axis in image.get("axes", [])]
     try:
         frame = ngff_frame(image, spec.level)
     except ValueError as error:
-        raise RunError(f"input {spec.path}: its OME-Zarr metadata for level {spec.level} is broken: {error}") from None
+        raise RunError(
+            f"input {spec.location}: its OME-Zarr metadata for level {spec.level} is broken: {error}"
+        ) from None
     return str(datasets[spec.level]["path"]), axis_letters(names), frame
 
 

@@ -36,7 +36,8 @@ one run *believes correctly* that it holds the output, and every writer that che
 lease (``check_lease``) before a block stops as soon as another run took over or its own
 lease expired. What it cannot: a check and the write after it are not atomic, so a holder
 that froze (SIGSTOP, a paused VM, a long GC) after its check and wakes after a takeover may
-still finish the one block it had in flight; it finds ``LeaseLost`` before its next block.
+still finish the blocks it had in flight (one per worker); it finds ``LeaseLost`` before its
+next block.
 A holder must renew well within ``seconds`` (``held`` renews every ``seconds / 4``).
 
 Clocks: expiry compares the holder's recorded ``expires`` (its clock) with the local clock
@@ -438,8 +439,10 @@ def _take(
         key = _key(prefix, generation)
         try:
             sync(store.set_if_not_exists(key, _buffer(_encode(record))))
-        except OSError as error:  # a full disk, a read-only folder: one line, not a traceback
-            detail = error.strerror or error
+        except Exception as error:  # a full disk, a read-only folder or bucket: one line
+            if not (isinstance(error, OSError) or type(error).__module__.startswith("obstore")):
+                raise
+            detail = getattr(error, "strerror", None) or str(error).splitlines()[0]
             message = f"{name}: cannot write its lease record {key} ({detail}); nothing else was written"
             raise RunError(message) from None
         there = _read(store, key)
@@ -593,18 +596,15 @@ def held(
     stop = threading.Event()
     thread = threading.Thread(target=_keep_renewing, args=(lease, stop), name="convpipe-lease", daemon=True)
     thread.start()
-    finished = False
     try:
         yield lease
-        finished = True
     finally:
         stop.set()
         thread.join(timeout=max(10.0, lease.seconds))
-        if finished:
+        # Never fail (or hide the error that ends) the block over a release: an unreleased
+        # lease expires, and a resume waits it out.
+        with contextlib.suppress(Exception):
             lease.release()
-        else:  # do not hide the error that ends the block
-            with contextlib.suppress(Exception):
-                lease.release()
 
 
 # --- block records --------------------------------------------------------------------------------
@@ -749,7 +749,14 @@ def clear(store: Store, keep_prefix: str) -> None:
     if not keep_prefix.strip("/"):
         raise ValueError("clear() needs a prefix to keep (the lock)")
     doomed = [key for key in sync(_list_all(store)) if not _under(key, keep_prefix)]
-    sync(_delete_all(store, doomed))
+    # In three waves, so a delete cut short never leaves what looks like something else: the
+    # block records first (a resume then redoes every block), then the data, and the metadata
+    # documents last (the output stays recognisably ours, and --overwrite or --resume take it).
+    records = [key for key in doomed if _own(key)]
+    metadata = [key for key in doomed if key.rsplit("/", 1)[-1] in _METADATA]
+    data = [key for key in doomed if key not in set(records) | set(metadata)]
+    for wave in (records, data, metadata):
+        sync(_delete_all(store, wave))
     root = getattr(store, "root", None)
     if isinstance(root, Path) and root.is_dir():
         for folder, _dirs, _files in os.walk(root, topdown=False):

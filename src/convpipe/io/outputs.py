@@ -28,8 +28,8 @@ from convpipe.io.stores import Location
 if TYPE_CHECKING:
     from convpipe.plan import Plan
 
-BLOCKS_PREFIX = ".convpipe-blocks"
-LOCK_PREFIX = ".convpipe-lock"
+BLOCKS_PREFIX = lifecycle.BLOCKS_PREFIX
+LOCK_PREFIX = lifecycle.LOCK_PREFIX
 
 
 def compressors(codec: str, zarr_format: int = 3) -> tuple[Any, ...]:
@@ -105,6 +105,7 @@ def create(
     else:
         arrays = [("", {**_array_options(plan, plan.output_shape, 3), "attributes": status})]
     try:
+        _mark_incomplete(location)  # before anything of it goes: never a half-deleted "complete"
         lifecycle.clear(target, keep_prefix=LOCK_PREFIX)
         if storage.format == "ome-zarr":
             group = zarr.create_group(store=target, zarr_format=zarr_format, attributes=attributes, overwrite=False)
@@ -115,6 +116,15 @@ def create(
     except (OSError, ValueError) as error:
         detail = getattr(error, "strerror", None) or error
         raise RunError(stores.redact(f"output {location}: cannot create it ({detail})")) from None
+
+
+def _mark_incomplete(location: Location) -> None:
+    import zarr
+
+    status = read_status(location)
+    if status is not None and status.get("complete"):
+        node = zarr.open(store=store(location), mode="r+")
+        node.attrs["convpipe"] = {**status, "complete": False}
 
 
 def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict[str, Any]:

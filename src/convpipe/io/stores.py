@@ -694,6 +694,12 @@ _ACCESS_CODES = (
 _BUCKET_CODES = ("NoSuchBucket", "ContainerNotFound", "The specified bucket does not exist")
 
 
+def is_store_error(error: BaseException) -> bool:
+    """An error of the storage itself (a disk, a bucket, the network), not of convpipe's code:
+    OSError, or one of obstore's exceptions (which do not derive from OSError)."""
+    return isinstance(error, OSError) or type(error).__module__.split(".")[0] == "obstore"
+
+
 def describe_error(location: Location, error: BaseException, *, role: str | None = None) -> str:
     """One readable, redacted line for an obstore/fsspec/OS error at a location (``role``: "input"/"output")."""
     text = str(error)
