@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -697,20 +697,6 @@ def test_a_chain_that_fails_when_blocks_run_does_not_destroy_the_output_it_would
 # --- 9. a full disk while the lock is written -------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 160 KiB tmpfs (root only; skipped where mount is not permitted)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def fill(folder: Path) -> Path:
     """Fill the disk ``folder`` is on to the last byte."""
     filler = folder / "filler"
@@ -733,7 +719,7 @@ def test_a_disk_full_while_the_lock_is_written_is_recoverable(
     exit 1, and what it leaves is accepted by --resume and by --overwrite once there is room."""
     from zarr.storage import LocalStore
 
-    disk = request.getfixturevalue("tiny_disk") if how.startswith("tmpfs") else tmp_path
+    disk = request.getfixturevalue("small_disk") if how.startswith("tmpfs") else tmp_path
     out = disk / "out.zarr"
     config = write_config(tmp_path, small, str(out))
     expected = reference(config, capsys, tmp_path)

@@ -394,20 +394,6 @@ def test_every_bad_config_is_exit_2_one_line_and_creates_nothing(
     assert tree_digest(tmp_path / "in.zarr") == input_bytes
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 160 KiB tmpfs: room for the output's metadata and a few blocks, not for all of them."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
 def test_a_really_full_disk_is_a_clear_error_and_never_complete(
     tmp_path: Path, small_disk: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
