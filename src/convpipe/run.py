@@ -146,8 +146,8 @@ def _lock_store(config: Config, plan: Plan) -> tuple[Any, str]:
 
 
 def _lock_state(config: Config, plan: Plan) -> tuple[int, bool] | None:
-    """The output's lease generation before this run's checks and whether a run that may be
-    alive held it ((-1, False): none, or unreadable, which the checks then explain)."""
+    """The output's lease generation before this run's checks (-1: none) and whether a run
+    that may be alive held it; None when it cannot be read (the checks then explain why)."""
     try:
         generation, holder = lifecycle.lease_state(*_lock_store(config, plan))
     except Exception:
