@@ -49,7 +49,10 @@ class Progress:
 
     def __enter__(self) -> Progress:
         self._start = time.monotonic()
-        self._first = self.count()
+        try:
+            self._first = self.count()
+        except Exception:  # a store blip: the rate then counts from zero
+            self._first = 0
         self._thread.start()
         return self
 

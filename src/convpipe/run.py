@@ -422,9 +422,12 @@ def _progress(
     if mode is None:
         return contextlib.nullcontext()
     input_bytes = float(np.prod(plan.input_shape)) * plan.input_dtype.itemsize
+    terminal = mode == "bar"
     return Progress(
         count or (lambda: outputs.count_written(out)),
         plan.num_blocks,
         input_bytes / plan.num_blocks,
-        terminal=mode == "bar",
+        terminal=terminal,
+        # Counting lists the block records: in an object store, pages of LIST requests.
+        interval=5.0 if terminal and out.is_remote and count is None else None,
     )
