@@ -1,4 +1,7 @@
-"""Hypothesis strategies for images, chunkings and chains of steps (SPEC §1–§3)."""
+"""Hypothesis strategies for images, chunkings and chains of steps.
+
+What they draw from is the README's "What it computes", "Config keys" and "Filters".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The heart of SPEC §1: any chain, any chunking, equals the whole-image reference.
+"""The heart of the README's "What it computes": any chain, any chunking, equals the whole-image reference.
 
 Random images (2-D and 3-D, float32 and uint16), processing blocks down to 2 pixels (so halos
 are often deeper than a block and strides rarely divide it), kernels of odd and even sizes,

@@ -1,7 +1,8 @@
 """The ``convpipe`` command as a user meets it: exit codes, one-line errors, what is written.
 
-SPEC §4 (commands, exit status 0/1/2, one message on stderr, no traceback) and §5 (the input
-is never written to, an existing output is refused, provenance and completeness attributes).
+The README's "Commands and exit status" (exit status 0/1/2, one message on stderr, no
+traceback) and "Data safety" (the input is never written to, an existing output is refused,
+provenance and completeness attributes).
 Inputs are tiny (40x50) so the whole file runs in a few seconds.
 """
 

@@ -1,6 +1,6 @@
 """Config validation as a user sees it: every bad value is a ConfigError naming its place.
 
-SPEC §2: ``pipeline[1].sigma: must be > 0 (got -2)``. Checks that need the input's shape
+The README's "Config keys": ``pipeline[1].sigma: must be > 0 (got -2)``. Checks that need the input's shape
 (per-axis list lengths, kernels, empty outputs, axes) happen in ``convpipe.plan.bind``.
 """
 

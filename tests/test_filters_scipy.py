@@ -1,6 +1,6 @@
 """Every built-in filter against scipy.ndimage on the same data, chunked, every padding mode.
 
-SPEC §1 maps our padding names onto scipy's: reflect→mirror, symmetric→reflect,
+The README ("What it computes") maps our padding names onto scipy's: reflect→mirror, symmetric→reflect,
 replicate→nearest, wrap→grid-wrap, zero/constant→constant.
 """
 
@@ -48,7 +48,7 @@ def derivative(operator: str) -> Any:
 
     scipy runs them as 1-D passes, each padding its own input. That equals one padding of the
     image except with a non-zero constant, where the second pass pads the smoothed image with
-    cval again. SPEC §3 applies each derivative as one kernel, padding once; so there we
+    cval again. The README ("Filters") applies each derivative as one kernel, padding once; so there we
     compare with scipy's n-D correlate of the same kernel.
     """
 

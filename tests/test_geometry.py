@@ -1,4 +1,4 @@
-"""SPEC §1's tables and formula, checked with literal numbers and against numpy.pad."""
+"""The README's tables and formula ("What it computes"), checked with literal numbers and against numpy.pad."""
 
 from __future__ import annotations
 
@@ -58,8 +58,8 @@ def test_output_length_with_stride() -> None:
     assert output_length(3, 5, 0, 0, 1) == -1  # an empty output, for the config to reject
 
 
-# The row `a b c d` padded by 2 on each side, straight from SPEC §1.
-SPEC_ROWS = {
+# The row `a b c d` padded by 2 on each side, straight from the README ("What it computes").
+README_ROWS = {
     "reflect": "c b a b c d c b",
     "mirror": "c b a b c d c b",
     "symmetric": "b a a b c d d c",
@@ -73,7 +73,7 @@ SPEC_ROWS = {
 }
 
 
-@pytest.mark.parametrize(("mode", "row"), SPEC_ROWS.items())
+@pytest.mark.parametrize(("mode", "row"), README_ROWS.items())
 def test_padding_rows_match_the_spec(mode: str, row: str) -> None:
     sources = padding_source(np.arange(-2, 6), 4, mode)
     fill = "0" if mode == "zero" else "v"

@@ -1,4 +1,4 @@
-"""The errors convpipe expects, each mapped to an exit status by the CLI (SPEC §4)."""
+"""The errors convpipe expects, each mapped to an exit status by the CLI (README, "Commands and exit status")."""
 
 from __future__ import annotations
 

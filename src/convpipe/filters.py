@@ -1,4 +1,4 @@
-"""The filter registry: each filter's keys, and the operation it builds (SPEC §3).
+"""The filter registry: each filter's keys, and the operation it builds (README, "Filters").
 
 A filter is added here and nowhere else: its parameter model gives validation and the
 ``convpipe filters`` listing, its ``build`` gives the operation the engine runs, the plan
@@ -51,7 +51,7 @@ def _padding(value: Any) -> str:
 
 
 class Step(BaseModel):
-    """The keys every step takes (SPEC §2); filters subclass it with their own."""
+    """The keys every step takes (README, "Config keys"); filters subclass it with their own."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 

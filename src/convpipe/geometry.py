@@ -1,6 +1,6 @@
 """The arithmetic of padding, strides and halos: pure functions on integers and index arrays.
 
-Everything here follows SPEC §1. For one step along one axis, with kernel size F, pads
+Everything here follows the README's "What it computes". For one step along one axis, with kernel size F, pads
 P_before/P_after and stride S, an axis of length N becomes
 
     N_out = floor((N + P_before + P_after - F) / S) + 1
@@ -70,7 +70,7 @@ def pad_widths(pad: str | int, size: int) -> tuple[int, int]:
 
 
 def output_length(n: int, size: int, pad_before: int, pad_after: int, stride: int) -> int:
-    """N_out of SPEC §1; may be < 1, which callers must reject."""
+    """N_out of the README's "What it computes"; may be < 1, which callers must reject."""
     return (n + pad_before + pad_after - size) // stride + 1
 
 

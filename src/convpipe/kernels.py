@@ -1,6 +1,6 @@
 """Kernel builders, as plain numpy, following scipy.ndimage's conventions.
 
-A kernel is applied as cross-correlation (SPEC §1): weight ``k[j]`` multiplies the sample at
+A kernel is applied as cross-correlation (README, "What it computes"): weight ``k[j]`` multiplies the sample at
 window offset ``j``. Separable kernels are returned as one 1-D array per spatial axis so the
 engine can run them as 1-D passes.
 """
@@ -86,7 +86,7 @@ def gradient_factors(operator: str, ndim: int, axis: int) -> list[np.ndarray]:
 
 
 def embed_centred(kernel: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Place an odd-sized kernel in the centre of a larger zero kernel (SPEC §3 composites)."""
+    """Place an odd-sized kernel in the centre of a larger zero kernel (README, "Filters": composites)."""
     out = np.zeros(shape)
     index = tuple(
         slice((big - small) // 2, (big - small) // 2 + small) for big, small in zip(shape, kernel.shape, strict=True)
