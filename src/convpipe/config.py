@@ -12,7 +12,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import yaml
@@ -22,6 +22,9 @@ from convpipe import filters
 from convpipe.cluster import ClusterConfig
 from convpipe.errors import ConfigError
 from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, one_of, optional, per_axis
+
+if TYPE_CHECKING:
+    from convpipe.io.stores import Location
 
 SPATIAL_AXES = "zyx"
 AXIS_LETTERS = "tczyx"
@@ -134,6 +137,13 @@ class InputConfig(BaseModel):
         None, description="object store settings: endpoint, region, anonymous, allow_http, profile, credentials"
     )
 
+    @property
+    def location(self) -> Location:
+        """Where the path points: a local path or a URL, with this section's storage settings."""
+        from convpipe.io import stores
+
+        return stores.parse(self.path, storage=self.storage)
+
 
 class OutputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -164,6 +174,13 @@ class OutputConfig(BaseModel):
     storage: Annotated[dict[str, Any] | None, PlainValidator(_storage)] = Field(
         None, description="object store settings: endpoint, region, anonymous, allow_http, profile, credentials"
     )
+
+    @property
+    def location(self) -> Location:
+        """Where the path points: a local path or a URL, with this section's storage settings."""
+        from convpipe.io import stores
+
+        return stores.parse(self.path, storage=self.storage)
 
 
 class Config(BaseModel):

@@ -266,18 +266,17 @@ def default_cache(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tup
     row of blocks earlier: the cache holds about one and a half layers of storage chunks across
     the slowest spatial axis (chunk slabs of the volume). Only for volumes: see below.
     """
-    if tuple(storage) == tuple(shape) or len(spatial) < 3:
+    if len(spatial) < 3:
         # In 2-D the halo's extra decoding is a few percent of the read (measured: 7 %), not
         # worth the memory; in 3-D thin chunks made it 13x the block (README, "Performance").
         return 0
-    slow = spatial[0]
-    layer = storage[slow] * math.prod(n for d, n in enumerate(shape) if d != slow) * np.dtype(dtype).itemsize
-    return int(min(MAX_CACHE_BYTES, 1.5 * layer))
+    return remote_cache(shape, storage, spatial, dtype)
 
 
 def remote_cache(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tuple[int, ...], dtype: np.dtype) -> int:
     """The chunk cache for an input in an object store, in 2-D too: there every halo chunk read
-    again is another request (on 512² chunks and 2048² blocks, 56 % more GETs without it)."""
+    again is another request (on 512² chunks and 2048² blocks, 56 % more GETs without it).
+    Its size is ``default_cache``'s: one and a half layers of chunks across the slowest axis."""
     if tuple(storage) == tuple(shape) or not spatial:
         return 0
     slow = spatial[0]

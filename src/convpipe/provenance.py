@@ -63,7 +63,7 @@ def kernel_digests(config: Config) -> dict[str, str]:
 
 def provenance(config: Config, plan: Plan, fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the output records about how it was made (README, "Data safety")."""
-    location = stores.parse(config.input.path, storage=config.input.storage)
+    location = config.input.location
     return {
         "version": __version__,
         "config": config.resolved(),

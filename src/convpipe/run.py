@@ -46,10 +46,6 @@ def input_spec(config: Config, plan: Plan | None = None) -> InputSpec:
     return InputSpec(config.input.path, config.input.array, config.input.series, config.input.level, cache, storage)
 
 
-def output_location(config: Config) -> stores.Location:
-    return stores.parse(config.output.path, storage=config.output.storage)
-
-
 def make_plan(config: Config, memory: int | None = None, workers: int | None = None) -> Plan:
     """Bind a config to its input's shape: every step's geometry and the block layout.
 
@@ -60,7 +56,7 @@ def make_plan(config: Config, memory: int | None = None, workers: int | None = N
     plan = bind(
         config, reader.shape, reader.dtype, reader.chunks, reader.axes, frame=reader.frame, input_kind=reader.kind
     )
-    if plan.cache_bytes == 0 and stores.parse(config.input.path, storage=config.input.storage).is_remote:
+    if plan.cache_bytes == 0 and config.input.location.is_remote:
         cache = remote_cache(plan.input_shape, plan.input_chunks, plan.spatial, plan.input_dtype)
         plan = dataclasses.replace(plan, cache_bytes=cache)
     if memory is not None:
@@ -103,8 +99,8 @@ def check_output(config: Config, plan: Plan, *, overwrite: bool, resume: bool) -
     (nothing, or only what a run that wrote nothing left: lease records), ``"ours"`` (a
     convpipe output), or ``"replaceable"`` (a single Zarr array). Raises when the run must not
     touch it."""
-    source = stores.parse(config.input.path, storage=config.input.storage)
-    out = output_location(config)
+    source = config.input.location
+    out = config.output.location
     if _inside(out, source):
         raise ConfigError(f"output.path: {out} is the input or inside it; the input is never written to")
     if _inside(source, out):
@@ -124,7 +120,7 @@ def check_output(config: Config, plan: Plan, *, overwrite: bool, resume: bool) -
         return "ours" if status is not None else "replaceable"
     if stores.object_info(out) is not None:
         raise ConfigError(f"output.path: {out} is a file, not a folder as a Zarr store is; refusing to replace it")
-    kind = lifecycle.classify(outputs.store(out, writable=False))
+    kind, foreign = lifecycle.survey(outputs.store(out, writable=False))  # one listing for all below
     if kind in ("empty", "leftover"):  # nothing, or only the lease records of a run that wrote nothing
         return "missing"
     if not (overwrite or resume):
@@ -132,13 +128,14 @@ def check_output(config: Config, plan: Plan, *, overwrite: bool, resume: bool) -
         raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
     if resume and kind != "convpipe":
         raise ConfigError(f"--resume: {out} is not a convpipe output; refusing to write into it")
-    lifecycle.check_replaceable(outputs.store(out, writable=False), f"output.path: {out}")
+    if kind == "foreign":
+        raise lifecycle.not_ours(f"output.path: {out}", foreign)
     return "ours" if kind == "convpipe" else "replaceable"
 
 
 def _lock_store(config: Config, plan: Plan) -> tuple[Any, str]:
     """Where the output's lease lives: the store (read-only) and the prefix in it."""
-    out = output_location(config)
+    out = config.output.location
     if plan.storage.format == "geotiff":
         folder, prefix = geotiff_out.lock_place(out)
         return outputs.store(folder, writable=False), prefix
@@ -240,7 +237,7 @@ def run(
     found = check_output(config, plan, overwrite=overwrite, resume=resume)
     check_memory(plan, scheduler_name, workers)
     record = provenance(config, plan)
-    out = output_location(config)
+    out = config.output.location
     if found == "ours" and resume:
         status = _status(plan, out)
         if status is not None:
@@ -277,7 +274,7 @@ def run(
             done = outputs.written_blocks(out)
         if status is None or not done:  # nothing to keep (a kill may even have cut its creation short)
             extra = geo_attributes(output_geo(config, plan))
-            outputs.create(out, plan, record, extra, name=_image_name(config))
+            outputs.create(out, plan, record, extra, name=config.input.location.name)
             done = set()
         todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
         target = outputs.prepare(out, plan.storage.format, lease.key)
@@ -313,10 +310,6 @@ def _status(plan: Plan, out: stores.Location) -> dict[str, Any] | None:
     if plan.storage.format == "geotiff":
         return geotiff_out.read_status(out)
     return outputs.read_status(out)
-
-
-def _image_name(config: Config) -> str:
-    return stores.parse(config.input.path, storage=config.input.storage).name
 
 
 def _describe_holder(holder: dict[str, Any] | None) -> str | None:
@@ -367,7 +360,7 @@ def _run_geotiff(
 ) -> RunResult:
     """Write a GeoTIFF in file order, row of blocks by row, to a partial file published when
     whole: the path only ever holds a complete file (or what was there before)."""
-    out = output_location(config)
+    out = config.output.location
     start = time.perf_counter()
     geo = output_geo(config, plan)
     assert plan.storage.chunks is not None  # planned: TIFF tiles, which may exceed a small image

@@ -194,6 +194,20 @@ def read_geo(tif: Any, axes: str | None, series: int = 0, level: int = 0) -> Geo
     )
 
 
+def gdal_metadata(page: Any) -> dict[str, str]:
+    """The items of GDAL's metadata tag (where convpipe's GeoTIFFs keep their provenance)."""
+    import xml.etree.ElementTree as ElementTree
+
+    tag = page.tags.get(GDAL_METADATA)
+    if tag is None:
+        return {}
+    try:
+        root = ElementTree.fromstring(str(tag.value))
+    except ElementTree.ParseError:
+        return {}
+    return {item.get("name", ""): item.text or "" for item in root.iter("Item")}
+
+
 def tiles(rows: Iterator[list[np.ndarray]], tile: tuple[int, int]) -> Iterator[np.ndarray]:
     """Cut rows of blocks into tiles in TIFF order: tile rows top to bottom, tiles left to right
     across the blocks, one band after another (a band's block is (1, rows, columns)). Blocks

@@ -15,14 +15,13 @@ import json
 import os
 import shutil
 import tempfile
-import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from convpipe.errors import ConfigError, RunError
 from convpipe.io import stores
-from convpipe.io.geotiff import GDAL_METADATA, PARTIAL_SUFFIX
+from convpipe.io.geotiff import PARTIAL_SUFFIX, gdal_metadata
 from convpipe.io.stores import Location
 
 LOCK_SUFFIX = ".convpipe-lock"
@@ -49,20 +48,11 @@ def read_status(location: Location) -> dict[str, Any] | None:
                 return None
             handle.seek(0)
             with tifffile.TiffFile(handle) as tif:
-                tag = tif.pages.first.tags.get(GDAL_METADATA)
-                if tag is None:
-                    return None
-                root = ElementTree.fromstring(str(tag.value))
-    except Exception:
+                made = gdal_metadata(tif.pages.first).get("convpipe")
+        status = json.loads(made) if made else None
+    except Exception:  # unreadable, not a TIFF, or not JSON: not one of ours
         return None
-    for item in root.iter("Item"):
-        if item.get("name") == "convpipe" and item.text:
-            try:
-                status = json.loads(item.text)
-            except ValueError:
-                return None
-            return status if isinstance(status, dict) else None
-    return None
+    return status if isinstance(status, dict) else None
 
 
 def check_replaceable(location: Location) -> None:

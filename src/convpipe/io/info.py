@@ -7,14 +7,13 @@ layer, and nothing secret is shown.
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
 from convpipe.coords import Frame, is_identity
 from convpipe.errors import RunError
 from convpipe.io import outputs, stores
-from convpipe.io.geotiff import GDAL_METADATA, PARTIAL_SUFFIX, read_geo
+from convpipe.io.geotiff import PARTIAL_SUFFIX, gdal_metadata, read_geo
 from convpipe.io.inputs import TIFF_SUFFIXES, axis_letters, multiscales
 from convpipe.io.metadata import ngff_frame, tiff_frame
 
@@ -171,7 +170,7 @@ def _tiff(location: stores.Location) -> dict[str, Any]:
                 info["geotransform"] = list(geo.geotransform)
                 if geo.nodata is not None:
                     info["nodata"] = geo.nodata
-            made = _gdal_metadata(page).get("convpipe")
+            made = gdal_metadata(page).get("convpipe")
             if made:
                 info.update(_status(json.loads(made), path))
                 if path.endswith(PARTIAL_SUFFIX):
@@ -179,18 +178,6 @@ def _tiff(location: stores.Location) -> dict[str, Any]:
             return info
     except Exception as error:
         raise RunError(stores.redact(f"{path}: not a readable TIFF ({error})")) from None
-
-
-def _gdal_metadata(page: Any) -> dict[str, str]:
-    """The items of GDAL's metadata tag (where convpipe's GeoTIFFs keep their provenance)."""
-    tag = page.tags.get(GDAL_METADATA)
-    if tag is None:
-        return {}
-    try:
-        root = ElementTree.fromstring(str(tag.value))
-    except ElementTree.ParseError:
-        return {}
-    return {item.get("name", ""): item.text or "" for item in root.iter("Item")}
 
 
 def describe(path: str) -> dict[str, Any]:

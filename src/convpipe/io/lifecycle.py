@@ -668,7 +668,8 @@ def _chunk_key(key: str, ndim: int | None, v3: bool) -> bool:
     return ndim is None or len(parts) == ndim
 
 
-def _survey(store: Store) -> tuple[str, list[str]]:
+def survey(store: Store) -> tuple[str, list[str]]:
+    """What is at ``store`` (see ``classify``) and, when foreign, the keys that make it so."""
     keys = sync(_list_all(store))
     if not keys:
         return "empty", []
@@ -717,7 +718,7 @@ def _ours(rest: list[str], status: Any, array: bool, ndim: int | None, v3: bool)
 def classify(store: Store) -> str:
     """What is at ``store``: "empty", "convpipe" (an output of ours), "array" (one Zarr array
     and its chunks), "leftover" (only what a failed run of ours left) or "foreign"."""
-    return _survey(store)[0]
+    return survey(store)[0]
 
 
 def _entries(keys: list[str], shown: int = 3) -> str:
@@ -733,9 +734,14 @@ def check_replaceable(store: Store, what: str) -> None:
     """ConfigError unless ``--overwrite`` may replace what is at ``store``: nothing, an output
     of ours, a single Zarr array, or a failed run's leftovers. ``what`` names the location
     (e.g. "output.path: s3://b/x.zarr")."""
-    kind, foreign = _survey(store)
+    kind, foreign = survey(store)
     if kind == "foreign":
-        raise ConfigError(f"{what} holds things convpipe did not make ({_entries(foreign)}); refusing to replace it")
+        raise not_ours(what, foreign)
+
+
+def not_ours(what: str, foreign: list[str]) -> ConfigError:
+    """The refusal to replace what convpipe did not make, naming a few of those things."""
+    return ConfigError(f"{what} holds things convpipe did not make ({_entries(foreign)}); refusing to replace it")
 
 
 def _under(key: str, prefix: str) -> bool:
