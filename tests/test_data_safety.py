@@ -694,6 +694,41 @@ def test_a_chain_that_fails_when_blocks_run_does_not_destroy_the_output_it_would
     assert complete(out)
 
 
+@pytest.mark.parametrize("after", [0, 3, 8])
+def test_an_overwrite_cut_short_while_deleting_never_leaves_a_complete_looking_output(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, after: int
+) -> None:
+    """--overwrite deletes the old output before writing the new one: a failure part-way
+    through the delete (a lost connection, a kill) must leave something no reader takes for
+    complete, and that --overwrite and --resume both accept."""
+    from zarr.storage import LocalStore
+
+    config = write_config(tmp_path, small)
+    out = tmp_path / "out.zarr"
+    assert invoke(capsys, "run", config, "--quiet")[0] == 0
+    deleted = [0]
+    original = LocalStore.delete
+
+    async def delete_then_fail(self: LocalStore, key: str) -> None:
+        if deleted[0] >= after:
+            raise OSError(errno.EIO, "Input/output error")
+        deleted[0] += 1
+        await original(self, key)
+
+    monkeypatch.setattr(LocalStore, "delete", delete_then_fail)
+    code, _, err = invoke(capsys, "run", config, "--overwrite", "--set", "pipeline[1].sigma=9", "--quiet")
+    assert code == 1, err
+    assert_one_line_error(err, "Input/output error")
+    monkeypatch.undo()
+    assert not complete(out)  # whatever was deleted, the old output no longer says complete
+    code, _, err = invoke(capsys, "run", config, "--resume", "--quiet")  # the old chain, finished again
+    assert code == 0, err
+    assert complete(out)
+    code, _, err = invoke(capsys, "run", config, "--overwrite", "--set", "pipeline[1].sigma=9", "--quiet")
+    assert code == 0, err
+    assert complete(out)
+
+
 # --- 9. a full disk while the lock is written -------------------------------------------------------
 
 
