@@ -516,10 +516,28 @@ def test_a_takeover_between_check_and_renewal_is_caught(store: Store) -> None:
 def test_check_lease_stops_writers_of_an_expired_lease(store: Store) -> None:
     lease = acquire(store, LOCK, 30)
     expire(store, 0)
+    lease.verified -= 30  # the holder froze a lease-length ago: its writers must ask the store
     with pytest.raises(LeaseLost, match="lease expired"):
         check_lease(store, lease.key)
     lease.renew()  # not taken over yet: the holder may carry on
     check_lease(store, lease.key)
+
+
+def test_writers_in_the_holding_process_trust_its_lease_for_half_a_lease_only(
+    spec: dict[str, Any], store: Store, child: ProcessPoolExecutor
+) -> None:
+    lease = acquire(store, LOCK, 30)
+    sync(store.delete(gen_key(0)))  # behind its back: only the store can tell
+    check_lease(store, lease.key)  # renewed (here: taken) moments ago, so no request is made
+    assert child.submit(_check_in_child, spec, lease.key).result(timeout=60).startswith("LeaseLost: ")
+    lease.verified -= 15  # half a lease without the store showing it ours: ask the store again
+    with pytest.raises(LeaseLost):
+        check_lease(store, lease.key)
+    with pytest.raises(LeaseLost):
+        lease.renew()
+    lease.verified = time.time()  # a lease found lost stays lost, however recent its last check
+    with pytest.raises(LeaseLost):
+        check_lease(store, lease.key)
 
 
 def test_a_geotiff_lock_lives_beside_the_file(store: Store) -> None:
