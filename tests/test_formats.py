@@ -428,9 +428,9 @@ def test_an_interrupted_ome_zarr_output_resumes_to_the_same_pyramid(
     whole = from_dict({**data, "output": {**data["output"], "path": str(tmp_path / "whole.ome.zarr")}})
     convpipe.run(whole)
 
-    from convpipe.io import outputs
+    from convpipe.io import zarr_output
 
-    real_write = outputs.write_block
+    real_write = zarr_output.write_block
     calls = []
 
     def failing(*args: Any) -> None:
@@ -439,11 +439,11 @@ def test_an_interrupted_ome_zarr_output_resumes_to_the_same_pyramid(
             raise OSError(28, "No space left on device")
         real_write(*args)
 
-    monkeypatch.setattr(outputs, "write_block", failing)
+    monkeypatch.setattr(zarr_output.ZarrOutput, "write_block", staticmethod(failing))
     with pytest.raises(convpipe.RunError, match="the output is incomplete"):
         convpipe.run(from_dict(data), scheduler_name="sync")
-    monkeypatch.setattr(outputs, "write_block", real_write)
-    assert outputs.read_status(data["output"]["path"])["complete"] is False  # type: ignore[index]
+    monkeypatch.setattr(zarr_output.ZarrOutput, "write_block", staticmethod(real_write))
+    assert zarr_output.read_status(data["output"]["path"])["complete"] is False  # type: ignore[index]
 
     result = convpipe.run(from_dict(data), resume=True)
     assert result.resumed_from == 20
@@ -452,7 +452,7 @@ def test_an_interrupted_ome_zarr_output_resumes_to_the_same_pyramid(
         expected = zarr.open_array(str(tmp_path / "whole.ome.zarr" / level), mode="r")[...]
         np.testing.assert_array_equal(got, expected)
     assert group_attributes(tmp_path / "out.ome.zarr")["ome"] == group_attributes(tmp_path / "whole.ome.zarr")["ome"]
-    assert outputs.read_status(data["output"]["path"])["complete"] is True  # type: ignore[index]
+    assert zarr_output.read_status(data["output"]["path"])["complete"] is True  # type: ignore[index]
 
 
 def test_dry_run_knows_a_geotiff_output_is_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -578,17 +578,17 @@ def test_a_north_up_geotiff_becomes_a_valid_ome_zarr_in_pixels(tmp_path: Path) -
 
 @pytest.mark.parametrize("name", ["out.zarr", "out.ome.zarr"])
 def test_the_lock_stands_while_blocks_are_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    from convpipe.io import outputs
+    from convpipe.io import zarr_output
 
     zarr.create_array(str(tmp_path / "in.zarr"), data=RNG.random((40, 40)).astype(np.float32), chunks=(16, 16))
     seen = []
-    real_write = outputs.write_block
+    real_write = zarr_output.write_block
 
     def watching(spec: Any, *args: Any) -> None:
         seen.append(lease_held(Path(spec.location.path)))
         real_write(spec, *args)
 
-    monkeypatch.setattr(outputs, "write_block", watching)
+    monkeypatch.setattr(zarr_output.ZarrOutput, "write_block", staticmethod(watching))
     config = from_dict(
         {
             "input": {"path": str(tmp_path / "in.zarr"), "chunks": [16, 16]},

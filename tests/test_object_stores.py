@@ -33,7 +33,7 @@ from s3server import S3Server
 from test_formats import geotiff
 
 import convpipe
-from convpipe.io import outputs, stores
+from convpipe.io import stores, zarr_output
 from convpipe.io.stores import open_store, parse
 
 CLI = [sys.executable, "-c", "from convpipe.cli import main; main()"]
@@ -137,7 +137,7 @@ def wait_for_blocks(process: subprocess.Popen[str], out: str, count: int = 10, s
         assert process.poll() is None, process.communicate()[1]
         assert time.monotonic() < deadline, "the run wrote too few blocks in time"
         try:
-            if outputs.count_written(location) >= count:
+            if zarr_output.count_written(location) >= count:
                 return
         except Exception:  # the output is not there yet
             pass
@@ -162,7 +162,7 @@ def test_zarr_runs_give_the_same_bits_in_a_bucket(
         put_zarr(input_path, IMAGE)
     run_ok(capsys, write_config(tmp_path / "run", input_path, output_path))
     assert_same_bits(read_zarr(output_path), expected)
-    status = outputs.read_status(parse(output_path))
+    status = zarr_output.read_status(parse(output_path))
     assert status is not None and status["complete"] is True
     if target == "s3":
         keys = object_keys(s3_env.client(), bucket, "results/out.zarr")
@@ -313,7 +313,7 @@ def test_kill_9_then_resume_gives_the_same_bytes(s3_env: S3Server, big: dict[str
     assert process.returncode == -signal.SIGKILL
     lease = newest_lease(client, big["bucket"], f"out.zarr/{LOCK}")
     assert lease["released"] is False and lease["pid"] == process.pid
-    written = outputs.count_written(parse(big["out"]))
+    written = zarr_output.count_written(parse(big["out"]))
     assert 10 <= written < 64
 
     start = time.monotonic()
@@ -336,7 +336,7 @@ def test_sigterm_releases_the_lease_and_resume_gives_the_same_bytes(s3_env: S3Se
     last = err.strip().splitlines()[-1]
     assert last.startswith("convpipe: terminated") and "--resume" in last and "Traceback" not in err
     assert newest_lease(client, big["bucket"], f"out.zarr/{LOCK}")["released"] is True
-    status = outputs.read_status(parse(big["out"]))
+    status = zarr_output.read_status(parse(big["out"]))
     assert status is not None and status["complete"] is False
 
     resumed = subprocess.run([*CLI, "run", str(big["config"]), "--resume"], capture_output=True, text=True, timeout=120)
@@ -405,7 +405,7 @@ def test_two_runs_at_once_on_one_output_one_proceeds(s3_env: S3Server, tmp_path:
             assert sorted(code for _, code, _ in results) == [0, 2], results
             loser = next(text for _, code, text in results if code == 2)
             assert_one_line_error(loser, f"output.path: {out}", "being written by another convpipe run")
-            status = outputs.read_status(parse(out))
+            status = zarr_output.read_status(parse(out))
             assert status is not None and status["complete"] is True
     finally:
         for racer in racers:
@@ -425,7 +425,7 @@ def test_a_held_output_is_refused_in_one_line(
     config = write_config(tmp_path, f"s3://{bucket}/in.zarr", out, CHAIN[:1])
     for flags in ((), ("--overwrite",)):
         # A short lease: --overwrite waits for it to lapse, and sees it renewed within a second.
-        with lifecycle.held(outputs.store(parse(out)), LOCK, 4.0, name=f"output.path: {out}"):
+        with lifecycle.held(zarr_output.store(parse(out)), LOCK, 4.0, name=f"output.path: {out}"):
             code, _, err = invoke(capsys, "run", config, "--quiet", *flags)
         assert code == 2, err
         assert_one_line_error(err, f"output.path: {out}", "being written by another convpipe run")
@@ -476,7 +476,7 @@ def test_storage_errors_are_one_line_fast_and_leave_nothing_in_the_way(
     if storage:
         config = write_config(tmp_path, source, out, CHAIN[:1])
     run_ok(capsys, config)
-    status = outputs.read_status(parse(out))
+    status = zarr_output.read_status(parse(out))
     assert status is not None and status["complete"] is True
     if fault == "missing bucket":
         delete_prefix(client, target, "out.zarr")
@@ -494,7 +494,7 @@ def partial_output(
     bucket = s3_env.new_bucket()
     put_zarr(f"s3://{bucket}/in.zarr", IMAGE)
     out = f"s3://{bucket}/partial.zarr"
-    real = outputs.write_block
+    real = zarr_output.write_block
     count = [0]
 
     def failing(*args: Any) -> None:
@@ -504,7 +504,7 @@ def partial_output(
         count[0] += 1
 
     with monkeypatch.context() as patch:
-        patch.setattr(outputs, "write_block", failing)
+        patch.setattr(zarr_output.ZarrOutput, "write_block", staticmethod(failing))
         config = write_config(tmp_path / "partial", f"s3://{bucket}/in.zarr", out)
         code, _, err = invoke(capsys, "run", config, "--quiet", "--scheduler", "sync")
     assert code == 1, err

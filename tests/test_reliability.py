@@ -34,7 +34,7 @@ import convpipe
 from convpipe.cli import main
 from convpipe.config import from_dict
 from convpipe.errors import ConfigError
-from convpipe.io import outputs
+from convpipe.io import zarr_output
 from convpipe.plan import bind
 
 CHAIN = [{"filter": "gaussian", "sigma": 1.5}, {"filter": "sobel"}]
@@ -152,7 +152,7 @@ def test_a_corrupt_chunk_fails_the_run_and_leaves_a_partial_output(
     code, err = invoke(capsys, "run", config, "--quiet")
     assert code == 1
     assert "Traceback" not in err and err.strip()
-    status = outputs.read_status(str(tmp_path / "out.zarr"))
+    status = zarr_output.read_status(str(tmp_path / "out.zarr"))
     assert status is not None and status["complete"] is False
     assert "partial" in describe(tmp_path / "out.zarr", capsys)
 
@@ -263,12 +263,12 @@ def test_a_full_disk_is_a_clear_error_and_the_output_stays_partial(
     assert code == 1
     assert_one_line(err, "No space left on device", "incomplete")
     monkeypatch.undo()
-    status = outputs.read_status(str(tmp_path / "out.zarr"))
+    status = zarr_output.read_status(str(tmp_path / "out.zarr"))
     assert status is not None and status["complete"] is False
     assert not lease_held(tmp_path / "out.zarr")
     code, err = invoke(capsys, "run", config, "--quiet", "--resume", "--set", "input.chunks=[16,16]")
     assert code == 0, err
-    assert outputs.read_status(str(tmp_path / "out.zarr"))["complete"] is True  # type: ignore[index]
+    assert zarr_output.read_status(str(tmp_path / "out.zarr"))["complete"] is True  # type: ignore[index]
 
 
 def test_ctrl_c_stops_with_130_and_leaves_a_resumable_output(tmp_path: Path) -> None:
@@ -287,7 +287,7 @@ def test_ctrl_c_stops_with_130_and_leaves_a_resumable_output(tmp_path: Path) -> 
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     out = tmp_path / "out.zarr"
     deadline = time.monotonic() + 60
-    while outputs.count_written(str(out)) < 10:
+    while zarr_output.count_written(str(out)) < 10:
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)
@@ -295,7 +295,7 @@ def test_ctrl_c_stops_with_130_and_leaves_a_resumable_output(tmp_path: Path) -> 
     assert process.returncode == 130
     last = err.strip().splitlines()[-1]
     assert last.startswith("convpipe: interrupted") and "--resume" in last and "Traceback" not in err
-    assert outputs.read_status(str(out))["complete"] is False  # type: ignore[index]
+    assert zarr_output.read_status(str(out))["complete"] is False  # type: ignore[index]
     assert not lease_held(out)
     resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
@@ -352,7 +352,7 @@ def test_fuzzed_configs_never_show_a_traceback_and_valid_ones_run(fuzz_folder: P
         return
     code, err = _run_cli(["run", str(config), "--quiet", "--overwrite", "--scheduler", "sync"])
     assert code == 0, err
-    assert outputs.read_status(str(fuzz_folder / "out.zarr"))["complete"] is True  # type: ignore[index]
+    assert zarr_output.read_status(str(fuzz_folder / "out.zarr"))["complete"] is True  # type: ignore[index]
 
 
 def _run_cli(args: list[str]) -> tuple[int, str]:
@@ -412,7 +412,7 @@ def test_a_really_full_disk_is_a_clear_error_and_never_complete(
     assert code == 1
     assert_one_line(err, "No space left on device")
     assert tree_digest(source) == before
-    status = outputs.read_status(str(small_disk / "out.zarr"))
+    status = zarr_output.read_status(str(small_disk / "out.zarr"))
     assert status is not None and status["complete"] is False
     assert "partial" in describe(small_disk / "out.zarr", capsys)
 

@@ -21,7 +21,7 @@ import zarr
 from cli_tools import lease_held
 
 from convpipe.cli import main
-from convpipe.io import lifecycle, outputs
+from convpipe.io import lifecycle, zarr_output
 from convpipe.progress import Progress
 
 CHAIN = [{"filter": "gaussian", "sigma": 3.0}, {"filter": "median", "size": 5}, {"filter": "sobel"}]
@@ -93,7 +93,7 @@ def test_a_killed_run_resumes_to_the_same_bytes(
     args = ["run", config, "--quiet", "--scheduler", scheduler, "--workers", "2"]
     process = convpipe(*args)
     deadline = time.monotonic() + 120
-    while outputs.count_written(str(out)) < 40:
+    while zarr_output.count_written(str(out)) < 40:
         assert process.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.02)
@@ -114,7 +114,7 @@ def test_resume_refuses_a_different_config(tmp_path: Path, capsys: pytest.Captur
     make_input(tmp_path, (200, 200))
     config = make_config(tmp_path, "out.zarr")
     out = tmp_path / "out.zarr"
-    outputs_dir = out / outputs.BLOCKS_PREFIX
+    outputs_dir = out / zarr_output.BLOCKS_PREFIX
     with pytest.raises(SystemExit):
         main(["run", str(config), "--quiet"])
     capsys.readouterr()
@@ -152,7 +152,7 @@ def test_a_live_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(
         main(["run", str(config), "--quiet"])
     before = digest(out)
     # A live run holds the lease (this process, renewing it in a thread).
-    with lifecycle.held(outputs.store(str(out)), outputs.LOCK_PREFIX, 60):
+    with lifecycle.held(zarr_output.store(str(out)), zarr_output.LOCK_PREFIX, 60):
         with pytest.raises(SystemExit) as done:
             main(["run", str(config), "--overwrite"])
         assert done.value.code == 2
@@ -177,8 +177,8 @@ def test_a_live_lock_refuses_a_second_writer_and_a_dead_one_is_taken_over(
 
 TAKE_AND_DIE = """
 import time
-from convpipe.io import lifecycle, outputs
-lifecycle.acquire(outputs.store({path!r}), outputs.LOCK_PREFIX, 600)
+from convpipe.io import lifecycle, zarr_output
+lifecycle.acquire(zarr_output.store({path!r}), zarr_output.LOCK_PREFIX, 600)
 print("held", flush=True)
 time.sleep(600)
 """
@@ -190,7 +190,7 @@ def test_a_complete_output_keeps_no_markers_or_lock(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["run", str(config), "--quiet"])
     names = {p.name for p in (tmp_path / "out.zarr").iterdir()}
-    assert outputs.BLOCKS_PREFIX not in names and not lease_held(tmp_path / "out.zarr")
+    assert zarr_output.BLOCKS_PREFIX not in names and not lease_held(tmp_path / "out.zarr")
 
 
 def test_progress_on_a_terminal_redraws_one_line() -> None:

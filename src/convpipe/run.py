@@ -11,24 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from convpipe.config import Config
 from convpipe.engine import block_rows, pyramid_graph, trial_block, write_graph
 from convpipe.errors import ConfigError, ConvpipeError, RunError
-from convpipe.io import geotiff, geotiff_out, lifecycle, outputs, stores
+from convpipe.io import lifecycle, stores
 from convpipe.io.geotiff import GeoInfo
 from convpipe.io.inputs import InputSpec, open_input
+from convpipe.io.output import BlockOutput, Output, StreamOutput, output_for
 from convpipe.memory import available_bytes
-from convpipe.plan import GEOTIFF_ENCODE_BYTES, Plan, bind, remote_cache
+from convpipe.plan import Plan, bind, remote_cache
 from convpipe.progress import Progress
 from convpipe.provenance import check_resumable, provenance
 from convpipe.schedulers import LOCAL_SCHEDULERS, SCHEDULERS, check_scheduler, scheduler
@@ -108,45 +107,31 @@ def check_output(config: Config, plan: Plan, *, overwrite: bool, resume: bool) -
     if not out.writable:
         raise ConfigError(f"output.path: {out} is read-only (https:// serves inputs only)")
     stores.probe(out, write=True)
-    geotiff_output = plan.storage.format == "geotiff"
-    if not (geotiff_out.exists(out) if geotiff_output else _has_output(out)):
+    target = output_for(plan, out)
+    found = target.found()
+    if found.kind == "missing":
         return "missing"
-    if geotiff_output:
-        status = geotiff_out.read_status(out)
-        if not (overwrite or resume):
-            lifecycle.check_not_held(*_lock_store(config, plan), f"output.path: {out}")
-            raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
-        geotiff_out.check_replaceable(out)
-        return "ours" if status is not None else "replaceable"
-    if stores.object_info(out) is not None:
-        raise ConfigError(f"output.path: {out} is a file, not a folder as a Zarr store is; refusing to replace it")
-    kind, foreign = lifecycle.survey(outputs.store(out, writable=False))  # one listing for all below
-    if kind in ("empty", "leftover"):  # nothing, or only the lease records of a run that wrote nothing
-        return "missing"
+    if found.kind == "foreign" and not resume:  # said at once: no flag would let the run replace it
+        raise ConfigError(f"output.path: {found.refusal}")
     if not (overwrite or resume):
-        lifecycle.check_not_held(*_lock_store(config, plan), f"output.path: {out}")
+        lifecycle.check_not_held(*_lock_store(target), f"output.path: {out}")
         raise ConfigError(f"output.path: {out} already exists (use --overwrite to replace it or --resume)")
-    if resume and kind != "convpipe":
+    if resume and found.kind != "ours":
         raise ConfigError(f"--resume: {out} is not a convpipe output; refusing to write into it")
-    if kind == "foreign":
-        raise lifecycle.not_ours(f"output.path: {out}", foreign)
-    return "ours" if kind == "convpipe" else "replaceable"
+    return found.kind
 
 
-def _lock_store(config: Config, plan: Plan) -> tuple[Any, str]:
-    """Where the output's lease lives: the store (read-only) and the prefix in it."""
-    out = config.output.location
-    if plan.storage.format == "geotiff":
-        folder, prefix = geotiff_out.lock_place(out)
-        return outputs.store(folder, writable=False), prefix
-    return outputs.store(out, writable=False), outputs.LOCK_PREFIX
+def _lock_store(target: Output, *, writable: bool = False) -> tuple[Any, str]:
+    """Where the output's lease lives: the store and the prefix in it."""
+    place, prefix = target.lock_place()
+    return stores.open_store(place, read_only=not writable), prefix
 
 
 def _lock_state(config: Config, plan: Plan) -> tuple[int, bool] | None:
     """The output's lease generation before this run's checks (-1: none) and whether a run
     that may be alive held it; None when it cannot be read (the checks then explain why)."""
     try:
-        generation, holder = lifecycle.lease_state(*_lock_store(config, plan))
+        generation, holder = lifecycle.lease_state(*_lock_store(output_for(plan, config.output.location)))
     except Exception:
         return None  # unreadable: the checks that follow explain why, or the run goes ahead
     return generation, holder is not None
@@ -165,13 +150,6 @@ def _check_alone(lease: lifecycle.Lease, seen: tuple[int, bool] | None, resume: 
             f"{lease.name} is being written by another convpipe run, or was while this run started; "
             "this run changed nothing: look at the output, then run again"
         )
-
-
-def _has_output(location: stores.Location) -> bool:
-    try:
-        return stores.exists(location)
-    except Exception as error:
-        raise RunError(stores.describe_error(location, error)) from None
 
 
 def check_memory(plan: Plan, scheduler_name: str, workers: int | None) -> None:
@@ -238,8 +216,9 @@ def run(
     check_memory(plan, scheduler_name, workers)
     record = provenance(config, plan)
     out = config.output.location
+    target = output_for(plan, out)
     if found == "ours" and resume:
-        status = _status(plan, out)
+        status = target.read_status()
         if status is not None:
             check_resumable(status, record)
             if status.get("complete"):
@@ -247,69 +226,95 @@ def run(
     if found != "missing" and not resume:
         # Something is replaced: compute a first block before anything of it is removed.
         trial_block(plan, input_spec(config, plan))
-    if plan.storage.format == "geotiff":
-        return _run_geotiff(
-            config, plan, record, progress, scheduler_name, workers, memory_limit, lease_seconds, notify, seen, resume
-        )
     start = time.perf_counter()
-    store = outputs.store(out)
     # Connect to the scheduler before touching the output: a bad address must not cost the
     # user an existing output, nor leave anything behind.
     with (
         scheduler(scheduler_name, workers, memory_limit, config.cluster) as scheduling,
         lifecycle.held(
-            store, outputs.LOCK_PREFIX, lease_seconds, **_waiting(out, resume or overwrite, notify)
+            *_lock_store(target, writable=True), lease_seconds, **_waiting(out, resume or overwrite, notify)
         ) as lease,
         _writing(out),
         _draining(scheduling.drain),
     ):
         _check_alone(lease, seen, resume)
-        status = _status(plan, out) if resume else None  # again, now that the output is ours
-        done: set[tuple[int, ...]] = set()
+        status = target.read_status() if resume else None  # again, now that the output is ours
         if status is not None:
             check_resumable(status, record)
             if status.get("complete"):  # another run finished it while this one waited
                 return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
-            outputs.remove_partial_writes(out)
-            done = outputs.written_blocks(out)
-        if status is None or not done:  # nothing to keep (a kill may even have cut its creation short)
-            extra = geo_attributes(output_geo(config, plan))
-            outputs.create(out, plan, record, extra, name=config.input.location.name)
-            done = set()
-        todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
-        target = outputs.prepare(out, plan.storage.format, lease.key)
-        graph_start = time.perf_counter()
-        graph = write_graph(plan, input_spec(config, plan), outputs.write_block, target, todo)
-        graph_seconds = time.perf_counter() - graph_start
-        with _progress(progress, out, plan):
-            written = graph.compute(**scheduling.options) if todo else 0
-            # The pyramid, level by level from the one below; redone whole after a resume.
-            for level in range(1, plan.storage.pyramid + 1):
-                graph = pyramid_graph(plan, level, outputs.read_level, outputs.write_level, target)
-                graph.compute(**scheduling.options)
-        lease.renew()  # still ours: no other run took over while the blocks were written
-        outputs.mark_complete(out)
-    seconds = time.perf_counter() - start
+        job = _Job(config, plan, record, scheduling.options, lease, progress)
+        if target.streamed:
+            written, kept, graph_seconds = _write_rows(cast(StreamOutput, target), job), 0, 0.0
+        else:
+            written, kept, graph_seconds = _write_blocks(cast(BlockOutput, target), job, keep=status is not None)
     return RunResult(
         plan,
         out.display,
-        int(written),
-        seconds,
-        resumed_from=len(done),
+        written,
+        time.perf_counter() - start,
+        resumed_from=kept,
         graph_seconds=graph_seconds,
         took_over=_describe_holder(lease.took_over),
     )
 
 
+@dataclass(frozen=True)
+class _Job:
+    """What writing the blocks needs, whatever the format."""
+
+    config: Config
+    plan: Plan
+    record: dict[str, Any]  # the provenance the output keeps
+    options: dict[str, Any]  # for ``compute``: the scheduler
+    lease: lifecycle.Lease
+    progress: str | None
+
+
+def _write_blocks(target: BlockOutput, job: _Job, *, keep: bool) -> tuple[int, int, float]:
+    """Every block not yet written, in any order, then the pyramid, then the completion mark;
+    returns (blocks written, blocks kept from before, seconds spent building the graph)."""
+    plan, config = job.plan, job.config
+    extra = geo_attributes(output_geo(config, plan))
+    done = target.begin(plan, job.record, extra, config.input.location.name, keep=keep)
+    todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
+    handle = target.writer(job.lease.key)
+    graph_start = time.perf_counter()
+    graph = write_graph(plan, input_spec(config, plan), target.write_block, handle, todo)
+    graph_seconds = time.perf_counter() - graph_start
+    with _progress(job.progress, target.location, plan, target.count_written):
+        written = graph.compute(**job.options) if todo else 0
+        # The pyramid, level by level from the one below; redone whole after a resume.
+        for level in range(1, plan.storage.pyramid + 1):
+            graph = pyramid_graph(plan, level, target.read_level, target.write_level, handle)
+            graph.compute(**job.options)
+    job.lease.renew()  # still ours: no other run took over while the blocks were written
+    target.finish()
+    return int(written), len(done), graph_seconds
+
+
+def _write_rows(target: StreamOutput, job: _Job) -> int:
+    """Every row of blocks in file order, into a file published only when whole."""
+    plan, lease, out = job.plan, job.lease, target.location
+    done = [0]
+    per_row = len(plan.chunks[-1])
+
+    def rows() -> Iterator[list[np.ndarray]]:
+        for row in block_rows(plan, input_spec(job.config, plan), job.options):
+            if lease.lost.is_set():
+                raise lifecycle.LeaseLost(lease.lost_reason or f"output {out}: this run lost its lease; it stops")
+            done[0] += per_row  # computed is done: the writer stops at its last tile
+            yield row
+
+    with _progress(job.progress, out, plan, lambda: done[0], poll=False):
+        # renewed: still ours before the file is published
+        target.write(rows(), plan, job.record, output_geo(job.config, plan), lease.renew)
+    return plan.num_blocks
+
+
 def _waiting(out: stores.Location, wait: bool, notify: Callable[[str], None] | None) -> dict[str, Any]:
     """How to take the lease: a requeued job (``--resume``) waits out a dead run's lease."""
     return {"wait": wait, "name": f"output.path: {out}", "notify": notify}
-
-
-def _status(plan: Plan, out: stores.Location) -> dict[str, Any] | None:
-    if plan.storage.format == "geotiff":
-        return geotiff_out.read_status(out)
-    return outputs.read_status(out)
 
 
 def _describe_holder(holder: dict[str, Any] | None) -> str | None:
@@ -345,82 +350,19 @@ def _writing(out: stores.Location) -> Iterator[None]:
         raise RunError(f"output {out}: writing failed ({detail}); the output is incomplete") from None
 
 
-def _run_geotiff(
-    config: Config,
-    plan: Plan,
-    record: dict[str, Any],
-    progress: str | None,
-    scheduler_name: str,
-    workers: int | None,
-    memory_limit: str | None,
-    lease_seconds: float,
-    notify: Callable[[str], None] | None,
-    seen: tuple[int, bool] | None,
-    resume: bool,
-) -> RunResult:
-    """Write a GeoTIFF in file order, row of blocks by row, to a partial file published when
-    whole: the path only ever holds a complete file (or what was there before)."""
-    out = config.output.location
-    start = time.perf_counter()
-    geo = output_geo(config, plan)
-    assert plan.storage.chunks is not None  # planned: TIFF tiles, which may exceed a small image
-    tile = (plan.storage.chunks[-2], plan.storage.chunks[-1])
-    done = [0]
-    per_row = len(plan.chunks[-1])
-    folder, prefix = geotiff_out.lock_place(out)
-    size = math.prod(plan.output_shape) * plan.output_dtype.itemsize
-
-    with (
-        scheduler(scheduler_name, workers, memory_limit, config.cluster) as scheduling,
-        lifecycle.held(outputs.store(folder), prefix, lease_seconds, **_waiting(out, resume, notify)) as lease,
-        _writing(out),
-        _draining(scheduling.drain),
-    ):
-        _check_alone(lease, seen, resume)
-        status = geotiff_out.read_status(out) if resume else None
-        if status is not None:
-            check_resumable(status, record)
-            if status.get("complete"):  # another run finished it while this one waited
-                return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
-
-        def counted() -> Iterator[list[np.ndarray]]:
-            for row in block_rows(plan, input_spec(config, plan), scheduling.options):
-                if lease.lost.is_set():
-                    raise lifecycle.LeaseLost(lease.lost_reason or f"output {out}: this run lost its lease; it stops")
-                done[0] += per_row  # computed is done: the writer stops at its last tile
-                yield row
-
-        geotiff_out.remove_leftovers(out)
-        with geotiff_out.staged(out, size) as partial, _progress(progress, out, plan, lambda: done[0]):
-            geotiff.write(
-                str(partial),
-                counted(),
-                plan.output_shape,
-                plan.output_dtype,
-                tile,
-                plan.storage.codec,
-                geo,
-                {"convpipe": json.dumps({**record, "complete": True})},
-                GEOTIFF_ENCODE_BYTES,
-            )
-            lease.renew()  # still ours before the file is published
-    return RunResult(
-        plan, out.display, plan.num_blocks, time.perf_counter() - start, took_over=_describe_holder(lease.took_over)
-    )
-
-
 def _progress(
-    mode: str | None, out: stores.Location, plan: Plan, count: Callable[[], int] | None = None
+    mode: str | None, out: stores.Location, plan: Plan, count: Callable[[], int], *, poll: bool = True
 ) -> contextlib.AbstractContextManager[Any]:
+    """The progress display; ``poll``: ``count`` lists the store (an object store's block
+    records are pages of LIST requests, so it is asked every 5 s, not twice a second)."""
     if mode is None:
         return contextlib.nullcontext()
     input_bytes = float(np.prod(plan.input_shape)) * plan.input_dtype.itemsize
     terminal = mode == "bar"
     return Progress(
-        count or (lambda: outputs.count_written(out)),
+        count,
         plan.num_blocks,
         input_bytes / plan.num_blocks,
         terminal=terminal,
-        # Counting lists the block records: in an object store, pages of LIST requests.
-        interval=5.0 if terminal and out.is_remote and count is None else None,
+        interval=5.0 if terminal and out.is_remote and poll else None,
     )

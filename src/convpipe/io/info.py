@@ -12,7 +12,7 @@ from typing import Any
 
 from convpipe.coords import Frame, is_identity
 from convpipe.errors import RunError
-from convpipe.io import outputs, stores
+from convpipe.io import stores, zarr_output
 from convpipe.io.geotiff import PARTIAL_SUFFIX, gdal_metadata, read_geo
 from convpipe.io.inputs import TIFF_SUFFIXES, axis_letters, multiscales
 from convpipe.io.metadata import ngff_frame, tiff_frame
@@ -72,7 +72,7 @@ def _status(status: dict[str, Any], path: str) -> dict[str, Any]:
         info["status"] = f"complete ({total} blocks)"
     else:
         try:
-            written: int | str = outputs.count_written(stores.parse(path))
+            written: int | str = zarr_output.count_written(stores.parse(path))
         except Exception:  # a store that cannot list (http)
             written = "?"
         info["status"] = f"partial ({written} of {total} blocks written); finish it with convpipe run --resume"

@@ -23,6 +23,7 @@ import numpy as np
 
 from convpipe.errors import RunError
 from convpipe.io import lifecycle, ngff, stores
+from convpipe.io.output import Found
 from convpipe.io.stores import Location
 
 if TYPE_CHECKING:
@@ -232,3 +233,62 @@ def read_status(location: Location | str) -> dict[str, Any] | None:
         return None
     status = node.attrs.get("convpipe")
     return dict(status) if isinstance(status, dict) else None
+
+
+class ZarrOutput:
+    """A Zarr or OME-Zarr output (``convpipe.io.output.BlockOutput``)."""
+
+    streamed = False
+    write_block = staticmethod(write_block)
+    read_level = staticmethod(read_level)
+    write_level = staticmethod(write_level)
+
+    def __init__(self, location: Location, format_name: str) -> None:
+        self.location = location
+        self.format = format_name
+
+    def lock_place(self) -> tuple[Location, str]:
+        return self.location, LOCK_PREFIX
+
+    def found(self) -> Found:
+        try:
+            if not stores.exists(self.location):
+                return Found("missing")
+            if stores.object_info(self.location) is not None:
+                return Found(
+                    "foreign", f"{self.location} is a file, not a folder as a Zarr store is; refusing to replace it"
+                )
+            kind, foreign = lifecycle.survey(store(self.location, writable=False))  # one listing
+        except Exception as error:
+            if not stores.is_store_error(error):
+                raise
+            raise RunError(stores.describe_error(self.location, error)) from None
+        if kind in ("empty", "leftover"):  # only the lease records of a run that wrote nothing
+            return Found("missing")
+        if kind == "foreign":
+            return Found("foreign", str(lifecycle.not_ours(str(self.location), foreign)))
+        return Found("ours" if kind == "convpipe" else "replaceable")
+
+    def read_status(self) -> dict[str, Any] | None:
+        return read_status(self.location)
+
+    def begin(
+        self, plan: Plan, record: dict[str, Any], extra: dict[str, Any], name: str, *, keep: bool
+    ) -> set[tuple[int, ...]]:
+        if keep:
+            remove_partial_writes(self.location)
+            done = written_blocks(self.location)
+            if done:
+                return done
+        # Nothing to keep (a kill may even have cut the old output's creation short).
+        create(self.location, plan, record, extra, name=name)
+        return set()
+
+    def writer(self, lease: lifecycle.LeaseKey) -> OutputSpec:
+        return prepare(self.location, self.format, lease)
+
+    def count_written(self) -> int:
+        return count_written(self.location)
+
+    def finish(self) -> None:
+        mark_complete(self.location)

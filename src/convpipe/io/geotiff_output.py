@@ -12,17 +12,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from convpipe.errors import ConfigError, RunError
-from convpipe.io import stores
-from convpipe.io.geotiff import PARTIAL_SUFFIX, gdal_metadata
+import numpy as np
+
+from convpipe.errors import RunError
+from convpipe.io import geotiff, stores
+from convpipe.io.geotiff import PARTIAL_SUFFIX, GeoInfo, gdal_metadata
+from convpipe.io.output import Found
 from convpipe.io.stores import Location
+from convpipe.plan import GEOTIFF_ENCODE_BYTES, Plan
 
 LOCK_SUFFIX = ".convpipe-lock"
 
@@ -32,10 +37,6 @@ TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 def lock_place(location: Location) -> tuple[Location, str]:
     """The folder (or bucket prefix) holding the output, and the lease's prefix in it."""
     return location.parent, location.name + LOCK_SUFFIX
-
-
-def exists(location: Location) -> bool:
-    return stores.exists(location)
 
 
 def read_status(location: Location) -> dict[str, Any] | None:
@@ -53,17 +54,6 @@ def read_status(location: Location) -> dict[str, Any] | None:
     except Exception:  # unreadable, not a TIFF, or not JSON: not one of ours
         return None
     return status if isinstance(status, dict) else None
-
-
-def check_replaceable(location: Location) -> None:
-    """``--overwrite`` replaces a GeoTIFF convpipe wrote, nothing else."""
-    if stores.object_info(location) is None:
-        raise ConfigError(f"output.path: {location} exists and is not a file; refusing to replace it")
-    if read_status(location) is None:
-        raise ConfigError(
-            f"output.path: {location} is a file convpipe did not write (no convpipe provenance in it); "
-            "refusing to replace it"
-        )
 
 
 def remove_leftovers(location: Location) -> None:
@@ -112,3 +102,64 @@ def staged(location: Location, size_estimate: int) -> Iterator[Path]:
             raise RunError(stores.describe_error(location, error)) from None
     finally:
         partial.unlink(missing_ok=True)
+
+
+class GeoTiffOutput:
+    """A GeoTIFF output (``convpipe.io.output.StreamOutput``)."""
+
+    streamed = True
+
+    def __init__(self, location: Location) -> None:
+        self.location = location
+
+    def lock_place(self) -> tuple[Location, str]:
+        return lock_place(self.location)
+
+    def found(self) -> Found:
+        """``--overwrite`` replaces a GeoTIFF convpipe wrote, nothing else."""
+        try:
+            if not stores.exists(self.location):
+                return Found("missing")
+            is_file = stores.object_info(self.location) is not None
+        except Exception as error:
+            if not stores.is_store_error(error):
+                raise
+            raise RunError(stores.describe_error(self.location, error)) from None
+        if not is_file:
+            return Found("foreign", f"{self.location} exists and is not a file; refusing to replace it")
+        if read_status(self.location) is None:
+            return Found(
+                "foreign",
+                f"{self.location} is a file convpipe did not write (no convpipe provenance in it); "
+                "refusing to replace it",
+            )
+        return Found("ours")
+
+    def read_status(self) -> dict[str, Any] | None:
+        return read_status(self.location)
+
+    def write(
+        self,
+        rows: Iterator[list[np.ndarray]],
+        plan: Plan,
+        record: dict[str, Any],
+        geo: GeoInfo | None,
+        before_publish: Callable[[], None],
+    ) -> None:
+        assert plan.storage.chunks is not None  # planned: TIFF tiles, which may exceed a small image
+        tile = (plan.storage.chunks[-2], plan.storage.chunks[-1])
+        size = math.prod(plan.output_shape) * plan.output_dtype.itemsize
+        remove_leftovers(self.location)
+        with staged(self.location, size) as partial:
+            geotiff.write(
+                str(partial),
+                rows,
+                plan.output_shape,
+                plan.output_dtype,
+                tile,
+                plan.storage.codec,
+                geo,
+                {"convpipe": json.dumps({**record, "complete": True})},
+                GEOTIFF_ENCODE_BYTES,
+            )
+            before_publish()
