@@ -191,19 +191,23 @@ def test_ome_zarr_pyramid_in_a_bucket_matches_every_level(
 
 @pytest.fixture
 def fetches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
-    """(key, bytes) of every single-object read through obstore's get and get_range."""
+    """(key, bytes) of every single-object read through obstore's get, get_range and get_ranges
+    (one entry per range)."""
     import obstore
 
     seen: list[tuple[str, int]] = []
     lock = threading.Lock()
-    for name in ("get_range", "get"):
+    for name in ("get_range", "get_ranges", "get"):
         real = getattr(obstore, name)
 
         def counting(store: Any, key: str, *args: Any, _real: Any = real, _name: str = name, **kwargs: Any) -> Any:
             result = _real(store, key, *args, **kwargs)
-            size = len(memoryview(result)) if _name == "get_range" else -1  # -1: a whole object, however big
+            if _name == "get":
+                sizes = [-1]  # a whole object, however big
+            else:
+                sizes = [len(memoryview(part)) for part in (result if _name == "get_ranges" else [result])]
             with lock:
-                seen.append((str(key), size))
+                seen.extend((str(key), size) for size in sizes)
             return result
 
         monkeypatch.setattr(obstore, name, counting)

@@ -3,16 +3,17 @@
 An ``InputSpec`` is small and picklable: every worker process reopens the input from it (and
 caches the handle), so no open file or store travels through the task graph. The input may be
 a local path or a URL (``convpipe.io.stores``); a TIFF in an object store is read by byte
-ranges, only the tiles a block needs.
+ranges, only the tiles a block needs, all of one read's fetched together.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,8 +70,10 @@ class ArrayReader:
         frame: Frame | None = None,
         kind: str = "array",
         geo: GeoInfo | None = None,
+        prefetch: Callable[[Sequence[slice | np.ndarray]], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self.array = array
+        self.prefetch = prefetch  # a remote TIFF's: fetches the tiles of a zarr read together first
         self.description = description
         self.axes = axes  # as the file names them (tczyx letters), if it does
         self.kind = kind  # "zarr", "ome-zarr", "tiff" or "array"
@@ -99,7 +102,8 @@ class ArrayReader:
             files = self._files = chunk_decoder(self.array)
         if files is None:  # zarr decodes: the chunks not cached in one read
             if self.cache is None:
-                data = np.asarray(self.array[box])
+                with self._fetching(box):
+                    data = np.asarray(self.array[box])
                 if out is not None:
                     out[...] = data
                     return out
@@ -115,7 +119,8 @@ class ArrayReader:
                     slice(lo * c, min(hi * c, n))
                     for lo, hi, c, n in zip(low, high, self.chunks, self.shape, strict=True)
                 )
-                data = np.asarray(self.array[region])
+                with self._fetching(region):
+                    data = np.asarray(self.array[region])
                 for index in itertools.product(*(range(lo, hi) for lo, hi in zip(low, high, strict=True))):
                     local = tuple(
                         slice((i - lo) * c, (i - lo + 1) * c) for i, lo, c in zip(index, low, self.chunks, strict=True)
@@ -184,6 +189,10 @@ class ArrayReader:
                 cache.done(index, chunk, held, signature)
         return out
 
+    def _fetching(self, selection: Sequence[slice | np.ndarray]) -> contextlib.AbstractContextManager[None]:
+        """Around a zarr read: the storage chunks it touches prefetched, if the input says how."""
+        return contextlib.nullcontext() if self.prefetch is None else self.prefetch(selection)
+
     def read(
         self, indices: Sequence[np.ndarray], dtype: np.dtype | None = None, out: np.ndarray | None = None
     ) -> np.ndarray:
@@ -214,7 +223,8 @@ class ArrayReader:
             for axis, s in enumerate(selection):
                 data = data[(slice(None),) * axis + (s,)]
         else:
-            data = self.array.oindex[tuple(selection)]
+            with self._fetching(selection):
+                data = np.asarray(self.array.oindex[tuple(selection)])
         data = np.asarray(data)
         if out is not None:
             out[...] = data
@@ -355,19 +365,53 @@ def _check_tiff_data(tif: Any, series: Any) -> None:
             raise ValueError(f"page {page.index} points past the end of the file (truncated?)")
 
 
+class _TilePrefetch:
+    """Fetches the tiles or strips a zarr read of a remote TIFF touches in one concurrent request.
+
+    Why: tifffile's zarr store reads them one at a time under its file lock, so a block of 16
+    tiles costs 16 round trips in a row. Their byte ranges come from the store's own key mapping,
+    the one its reads use, so tifffile then finds each in memory and decodes it as before.
+    """
+
+    def __init__(self, array: Any, prefetched: Callable[..., contextlib.AbstractContextManager[None]]) -> None:
+        self.array = array
+        self.store = array.store_path.store  # tifffile's ZarrTiffStore
+        self.prefetched = prefetched
+
+    def __call__(self, selection: Sequence[slice | np.ndarray]) -> contextlib.AbstractContextManager[None]:
+        grids: list[Sequence[int]] = []
+        for part, size in zip(selection, self.array.chunks, strict=True):
+            if isinstance(part, slice):
+                grids.append(range(part.start // size, -(-part.stop // size)))
+            else:
+                grids.append(np.unique(np.asarray(part) // size).tolist())
+        ranges = []
+        try:
+            for index in itertools.product(*grids):
+                _, page, _, offset, count = self.store._parse_key(self.array.metadata.encode_chunk_key(index))
+                if page is not None and offset and count:  # else: no tile (the fill value)
+                    ranges.append((int(offset), int(offset) + int(count)))
+        except Exception:  # a tifffile whose private mapping differs: the plain reads, one by one
+            return contextlib.nullcontext()
+        return self.prefetched(ranges)
+
+
 def _open_tiff(spec: InputSpec) -> ArrayReader:
     """A TIFF series and level through tifffile's Zarr store, which decodes only the tiles or
-    strips a read touches; in an object store those are fetched by byte range."""
+    strips a read touches; in an object store those are fetched by byte range, a read's all at once."""
     import tifffile
     import zarr
 
     location = spec.location
+    file = None
     tifffile_log = logging.getLogger("tifffile")
     level = tifffile_log.level
     tifffile_log.setLevel(logging.CRITICAL)  # its complaints become our one-line error
     tif = None
     try:
-        tif = tifffile.TiffFile(location.path if location.is_local else stores.open_file(location))
+        if location.is_remote:
+            file = stores.open_file(location)
+        tif = tifffile.TiffFile(location.path if file is None else file)
         n_series = len(tif.series)
         n_levels = len(tif.series[spec.series].levels) if spec.series < n_series else 0
         axes = tif.series[spec.series].axes if spec.series < n_series else ""
@@ -398,14 +442,17 @@ def _open_tiff(spec: InputSpec) -> ArrayReader:
         raise RunError(stores.redact(f"input {location}: not a readable TIFF ({error})")) from None
     finally:
         tifffile_log.setLevel(level)
+    array = zarr.open(store, mode="r")
+    prefetched = None if file is None else stores.prefetcher(file)
     return ArrayReader(
-        zarr.open(store, mode="r"),
+        array,
         location.display,
         axis_letters(list(axes.replace("S", "C"))),
         spec.cache_bytes,
         frame,
         "tiff",
         geo,
+        None if prefetched is None else _TilePrefetch(array, prefetched),
     )
 
 

@@ -19,6 +19,7 @@ provider's standard environment itself and has bounded timeouts and retries we c
 
 from __future__ import annotations
 
+import bisect
 import configparser
 import contextlib
 import functools
@@ -27,7 +28,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -579,8 +580,24 @@ def delete(location: Location) -> None:
 # --- Reading one object lazily --------------------------------------------------------------------------------------
 
 
+PREFETCH_BYTES = 256 << 20
+"""Bytes of prefetched ranges one open object holds at most: the tiles of the blocks in flight;
+ranges past it are read one by one, as without a prefetch."""
+
+
+@dataclass
+class _Fetched:
+    """One prefetched byte range, shared by the reads that asked for it; ``data`` is None until
+    its request has answered (or when it failed: reads then make their own requests)."""
+
+    ready: threading.Event
+    data: memoryview | None = None
+    users: int = 1
+
+
 class _RangeReader(io.RawIOBase):
-    """A seekable read-only file over one remote object: each read is one ranged GET, nothing downloaded ahead."""
+    """A seekable read-only file over one remote object: each read is one ranged GET, nothing
+    downloaded ahead, unless ``prefetched`` fetched the range beforehand."""
 
     def __init__(self, location: Location) -> None:
         import obstore
@@ -592,6 +609,85 @@ class _RangeReader(io.RawIOBase):
         self._size = int(meta["size"])
         self._position = 0
         self.name = location.name
+        self._lock = threading.Lock()  # guards the three below: readers and prefetches are on many threads
+        self._fetched: dict[tuple[int, int], _Fetched] = {}
+        self._ranges: list[tuple[int, int]] = []  # the keys of _fetched, sorted, to find the one holding a position
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        """Bytes of prefetched ranges held now: 0 whenever no ``prefetched`` block is open."""
+        with self._lock:
+            return self._held
+
+    @contextlib.contextmanager
+    def prefetched(self, ranges: Iterable[tuple[int, int]]) -> Iterator[None]:
+        """Fetch these (start, end) byte ranges in one ``get_ranges`` call, concurrently, and serve
+        the reads inside them from memory until the with-block ends, which drops them.
+
+        Why: tifffile reads a block's tiles one at a time under its file lock, one round trip each.
+        A range another block holds or is fetching (a halo tile) is shared and waited for; ranges
+        past ``PREFETCH_BYTES`` are left to the plain reads.
+        """
+        import obstore
+
+        ready = threading.Event()
+        mine: list[tuple[int, int]] = []  # the ranges this call holds a use of
+        todo: list[tuple[int, int]] = []  # the ones it fetches
+        others: set[threading.Event] = set()  # the other calls fetching some of them
+        with self._lock:
+            for key in sorted(set(ranges)):
+                start, end = key
+                entry = self._fetched.get(key)
+                if entry is not None:
+                    entry.users += 1
+                    others.add(entry.ready)
+                elif 0 <= start < end <= self._size and self._held + end - start <= PREFETCH_BYTES:
+                    self._fetched[key] = _Fetched(ready)
+                    bisect.insort(self._ranges, key)
+                    self._held += end - start
+                    todo.append(key)
+                else:
+                    continue
+                mine.append(key)
+        try:
+            try:
+                if todo:
+                    starts, ends = [s for s, _ in todo], [e for _, e in todo]
+                    got = _run(
+                        self._location, "reading", obstore.get_ranges, self._store, self._key, starts=starts, ends=ends
+                    )
+                    with self._lock:
+                        for (start, end), data in zip(todo, got, strict=True):
+                            view = memoryview(data).cast("B")
+                            if len(view) == end - start:
+                                self._fetched[(start, end)].data = view
+            finally:
+                ready.set()
+            for event in others:
+                event.wait()
+            yield
+        finally:
+            with self._lock:
+                for key in mine:
+                    entry = self._fetched[key]
+                    entry.users -= 1
+                    if entry.users == 0:
+                        del self._fetched[key]
+                        self._ranges.pop(bisect.bisect_left(self._ranges, key))
+                        self._held -= key[1] - key[0]
+
+    def _prefetched_at(self, position: int, count: int) -> memoryview | None:
+        """Up to ``count`` bytes at ``position`` from a prefetched range holding it, or None."""
+        with self._lock:
+            index = bisect.bisect_left(self._ranges, (position + 1,)) - 1  # the last range starting at or before
+            if index < 0:
+                return None
+            start, end = self._ranges[index]
+            data = self._fetched[(start, end)].data
+            if data is None or end <= position:
+                return None
+            return data[position - start : min(end, position + count) - start]
 
     @property
     def size(self) -> int:
@@ -632,10 +728,12 @@ class _RangeReader(io.RawIOBase):
         count = min(len(view), self._size - self._position)
         if count <= 0:
             return 0
-        data = _run(
-            self._location, "reading", obstore.get_range, self._store, self._key, start=self._position, length=count
-        )
-        got = memoryview(data)
+        got = self._prefetched_at(self._position, count)  # may be short: the range ends, a buffered read goes on
+        if got is None:
+            data = _run(
+                self._location, "reading", obstore.get_range, self._store, self._key, start=self._position, length=count
+            )
+            got = memoryview(data)
         view[: len(got)] = got
         self._position += len(got)
         return len(got)
@@ -650,6 +748,13 @@ def open_file(location: Location) -> BinaryIO:
             raise RunError(f"reading {describe_error(location, error)}") from None
     # TIFF headers and IFDs are small scattered reads the buffer groups; most tiles are larger and skip it.
     return io.BufferedReader(_RangeReader(location), buffer_size=64 << 10)  # type: ignore[return-value]
+
+
+def prefetcher(file: BinaryIO) -> Callable[[Iterable[tuple[int, int]]], contextlib.AbstractContextManager[None]] | None:
+    """``prefetched`` of a remote file from ``open_file`` (see ``_RangeReader``); None for a local
+    one, whose reads are cheap one by one."""
+    raw = getattr(file, "raw", None)
+    return raw.prefetched if isinstance(raw, _RangeReader) else None
 
 
 # --- Checking access and explaining failures ------------------------------------------------------------------------
