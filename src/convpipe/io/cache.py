@@ -137,6 +137,21 @@ class ChunkCache:
                     return None, True
             event.wait()
 
+    def try_claim(
+        self, key: tuple[int, ...], need: tuple[slice, ...], signature: Any = None
+    ) -> tuple[np.ndarray | None, str]:
+        """``claim`` that never waits, for a caller claiming many chunks before decoding them:
+        ``(part, "cached")``; ``(None, "mine")``: decode it, then call ``done``; ``(None,
+        "busy")``: another thread is decoding it (``claim`` it once holding no other claim)."""
+        part = self.lookup(key, need, signature)
+        if part is not None:
+            return part, "cached"
+        with self.lock:
+            if key in self.pending:
+                return None, "busy"
+            self.pending[key] = threading.Event()
+            return None, "mine"
+
     def done(
         self,
         key: tuple[int, ...],

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -53,6 +53,16 @@ class InputSpec:
         return self.location.name.lower().endswith(TIFF_SUFFIXES)  # a signed URL's query aside
 
 
+class _Piece(NamedTuple):
+    """One storage chunk of a box read: where it is, the part the box needs, where that goes,
+    and (when the box holds it entirely) which of its faces border the block."""
+
+    index: tuple[int, ...]
+    need: tuple[slice, ...]
+    target: tuple[slice, ...]
+    held: list[tuple[bool, bool]] | None
+
+
 class ArrayReader:
     """An input array: its shape, dtype and storage chunks, and reads of index sets.
 
@@ -70,7 +80,7 @@ class ArrayReader:
         frame: Frame | None = None,
         kind: str = "array",
         geo: GeoInfo | None = None,
-        prefetch: Callable[[Sequence[slice | np.ndarray]], contextlib.AbstractContextManager[None]] | None = None,
+        prefetch: Callable[[Sequence[tuple[int, ...]]], contextlib.AbstractContextManager[None]] | None = None,
     ) -> None:
         self.array = array
         self.prefetch = prefetch  # a remote TIFF's: fetches the tiles of a zarr read together first
@@ -93,57 +103,21 @@ class ArrayReader:
         """Read a box chunk by chunk through the cache, into an array of ``dtype`` (or ``out``).
 
         A block's halo reaches into its neighbours' storage chunks; without the cache each of
-        those chunks is decoded again for every block that touches it. A chunk is kept whole
-        while a block that holds it entirely has yet to read it, then as the strips along its
-        faces that its neighbours' halos read.
+        those chunks is decoded again for every block that touches it (in an object store:
+        fetched again, one more request each). A chunk is kept whole while a block that holds
+        it entirely has yet to read it, then as the strips along its faces that its
+        neighbours' halos read.
         """
         files = getattr(self, "_files", False)
         if files is False:  # decided on the first read
             files = self._files = chunk_decoder(self.array)
-        if files is None:  # zarr decodes: the chunks not cached in one read
-            if self.cache is None:
-                with self._fetching(box):
-                    data = np.asarray(self.array[box])
-                if out is not None:
-                    out[...] = data
-                    return out
-                return data if dtype is None else data.astype(dtype, copy=False)
-            grids = [range(b.start // c, (b.stop - 1) // c + 1) for b, c in zip(box, self.chunks, strict=True)]
-            found = {index: self.cache.get(index) for index in itertools.product(*grids)}
-            missing = [index for index, chunk in found.items() if chunk is None]
-            if missing:
-                # One read for the rectangle of chunks not cached (cached ones lie along its edges).
-                low = [min(i[d] for i in missing) for d in range(len(box))]
-                high = [max(i[d] for i in missing) + 1 for d in range(len(box))]
-                region = tuple(
-                    slice(lo * c, min(hi * c, n))
-                    for lo, hi, c, n in zip(low, high, self.chunks, self.shape, strict=True)
-                )
-                with self._fetching(region):
-                    data = np.asarray(self.array[region])
-                for index in itertools.product(*(range(lo, hi) for lo, hi in zip(low, high, strict=True))):
-                    local = tuple(
-                        slice((i - lo) * c, (i - lo + 1) * c) for i, lo, c in zip(index, low, self.chunks, strict=True)
-                    )
-                    chunk = data[local].copy()
-                    self.cache.put(index, chunk)
-                    if index in found:
-                        found[index] = chunk
-            if out is None:
-                out = np.empty(tuple(b.stop - b.start for b in box), dtype=dtype or self.dtype)
-            for index, chunk in found.items():
-                assert chunk is not None
-                starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
-                source = tuple(
-                    slice(max(b.start - s, 0), min(b.stop - s, n))
-                    for b, s, n in zip(box, starts, chunk.shape, strict=True)
-                )
-                target = tuple(
-                    slice(max(s - b.start, 0), max(s - b.start, 0) + (src.stop - src.start))
-                    for b, s, src in zip(box, starts, source, strict=True)
-                )
-                out[target] = chunk[source]
-            return out
+        if files is None and self.cache is None:  # zarr decodes the box in one read
+            with self._fetching(box):
+                data = np.asarray(self.array[box])
+            if out is not None:
+                out[...] = data
+                return out
+            return data if dtype is None else data.astype(dtype, copy=False)
         cache = self.cache
         if cache is None:
             with _SETUP:
@@ -161,6 +135,7 @@ class ArrayReader:
             held_stops.append(held_stop)
         cache.saw(depth)
         grids = [range(b.start // c, (b.stop - 1) // c + 1) for b, c in zip(box, self.chunks, strict=True)]
+        pieces = []
         for index in itertools.product(*grids):
             starts = [i * c for i, c in zip(index, self.chunks, strict=True)]
             stops = [min(s + c, n) for s, c, n in zip(starts, self.chunks, self.shape, strict=True)]
@@ -174,6 +149,12 @@ class ArrayReader:
             if all(b.start <= s and e <= b.stop for b, s, e in zip(box, starts, stops, strict=True)):
                 # The block holds this chunk entirely: neighbours read it across the block's border.
                 held = [(s == lo, e == hi) for s, e, lo, hi in zip(starts, stops, held_starts, held_stops, strict=True)]
+            pieces.append(_Piece(index, need, target, held))
+        if files is None:
+            self._read_pieces_at_once(cache, pieces, out)
+            return out
+        for piece in pieces:
+            index, need, target, held = piece
             signature = files.signature(index)
             part, mine = cache.claim(index, need, signature)
             if not mine:
@@ -189,9 +170,75 @@ class ArrayReader:
                 cache.done(index, chunk, held, signature)
         return out
 
+    def _read_pieces_at_once(self, cache: ChunkCache, pieces: list[_Piece], out: np.ndarray) -> None:
+        """The zarr path: the chunks not cached are read in one concurrent batch (in an object
+        store, one round of requests rather than one per chunk). Chunks another thread is
+        reading are waited for only once this thread holds no claim, so two threads never
+        wait on each other."""
+        mine, busy = [], []
+        for piece in pieces:
+            part, state = cache.try_claim(piece.index, piece.need)
+            if state == "cached":
+                out[piece.target] = part
+                if piece.held is not None:
+                    cache.release(piece.index, piece.held)
+            else:
+                (mine if state == "mine" else busy).append(piece)
+        chunks: list[np.ndarray | None] = [None] * len(mine)
+        try:
+            if mine:
+                chunks = list(self._read_chunks([piece.index for piece in mine]))
+            for piece, chunk in zip(mine, chunks, strict=True):
+                assert chunk is not None
+                out[piece.target] = chunk[piece.need]
+        finally:
+            for piece, chunk in zip(mine, chunks, strict=True):
+                cache.done(piece.index, chunk, piece.held)
+        for piece in busy:  # read by another thread meanwhile: usually cached by now
+            part, claimed = cache.claim(piece.index, piece.need)
+            if not claimed:
+                out[piece.target] = part
+                if piece.held is not None:
+                    cache.release(piece.index, piece.held)
+                continue
+            chunk = None
+            try:
+                (chunk,) = self._read_chunks([piece.index])
+                out[piece.target] = chunk[piece.need]
+            finally:
+                cache.done(piece.index, chunk, piece.held)
+
+    def _read_chunks(self, indices: list[tuple[int, ...]]) -> list[np.ndarray]:
+        """Whole storage chunks through zarr, all requests in flight at once."""
+        import asyncio
+
+        from zarr.core.sync import sync
+
+        regions = [
+            tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape, strict=True))
+            for index in indices
+        ]
+
+        async def every() -> list[Any]:
+            return await asyncio.gather(*(self.array._async_array.getitem(region) for region in regions))
+
+        with self._fetching_chunks(indices):
+            return [np.asarray(chunk) for chunk in sync(every())]
+
     def _fetching(self, selection: Sequence[slice | np.ndarray]) -> contextlib.AbstractContextManager[None]:
         """Around a zarr read: the storage chunks it touches prefetched, if the input says how."""
-        return contextlib.nullcontext() if self.prefetch is None else self.prefetch(selection)
+        if self.prefetch is None:
+            return contextlib.nullcontext()
+        grids: list[Sequence[int]] = []
+        for part, size in zip(selection, self.chunks, strict=True):
+            if isinstance(part, slice):
+                grids.append(range(part.start // size, -(-part.stop // size)))
+            else:
+                grids.append(np.unique(np.asarray(part) // size).tolist())
+        return self._fetching_chunks(list(itertools.product(*grids)))
+
+    def _fetching_chunks(self, indices: list[tuple[int, ...]]) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if self.prefetch is None else self.prefetch(indices)
 
     def read(
         self, indices: Sequence[np.ndarray], dtype: np.dtype | None = None, out: np.ndarray | None = None
@@ -378,16 +425,10 @@ class _TilePrefetch:
         self.store = array.store_path.store  # tifffile's ZarrTiffStore
         self.prefetched = prefetched
 
-    def __call__(self, selection: Sequence[slice | np.ndarray]) -> contextlib.AbstractContextManager[None]:
-        grids: list[Sequence[int]] = []
-        for part, size in zip(selection, self.array.chunks, strict=True):
-            if isinstance(part, slice):
-                grids.append(range(part.start // size, -(-part.stop // size)))
-            else:
-                grids.append(np.unique(np.asarray(part) // size).tolist())
+    def __call__(self, indices: Sequence[tuple[int, ...]]) -> contextlib.AbstractContextManager[None]:
         ranges = []
         try:
-            for index in itertools.product(*grids):
+            for index in indices:
                 _, page, _, offset, count = self.store._parse_key(self.array.metadata.encode_chunk_key(index))
                 if page is not None and offset and count:  # else: no tile (the fill value)
                     ranges.append((int(offset), int(offset) + int(count)))
