@@ -12,21 +12,33 @@ two outputs are compared to the bit.
     .venv/bin/python scripts/bench_s3.py --size 4096 --repeat 1
 
 moto is one Python process and keeps every object in memory; on a small machine it competes with
-convpipe for the cores (on 2 cores, 8192²: moto burns 7.7 s of CPU while convpipe spends 5.9 s),
-so the plain figures measure moto as much as convpipe. ``--pin`` gives the server a core of its
-own, as S3 is on other machines: moto on the last core, convpipe (both runs, ``--workers``
-cores - 1) on the others. Peak RSS is convpipe's alone; user+system CPU seconds are convpipe's.
+convpipe for the cores, so the plain figures measure moto as much as convpipe (the line after the
+ratios says how much CPU the server burnt). ``--pin`` gives the server a core of its own, as S3
+is on other machines: the server on the last core, convpipe (both runs, ``--workers`` cores - 1)
+on the others. Peak RSS is convpipe's alone; user+system CPU seconds are convpipe's.
+
+``--server`` picks the server: ``moto`` (moto_server, as the tests run it, with checked
+credentials), ``moto-s3`` (moto's S3 backend served alone: moto_server works out the service of
+every request under one lock, half of its CPU here), or ``s3rver`` (Node.js, objects on disk,
+from the npm registry: ``npm install --prefix /tmp/s3rver s3rver``, then ``--s3rver
+/tmp/s3rver/node_modules/.bin/s3rver``; it ignores ``If-None-Match``, enough for one writer).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,13 +47,88 @@ ROOT = HERE.parent
 sys.path[:0] = [str(HERE), str(ROOT / "tests")]
 
 import bench  # noqa: E402  (scripts/bench.py: the same measurement)
-from s3server import running_moto  # noqa: E402
+from s3server import REGION, S3Server, running_moto  # noqa: E402
 
 PIPELINE = [
     {"filter": "gaussian", "sigma": 2.0},
     {"filter": "sharpen", "amount": 1.0},
     {"filter": "sobel"},
 ]
+
+
+# moto's S3 backend served alone: moto_server routes every request through a dispatcher that
+# works out the service under one lock (half of its CPU here, and it serialises the requests).
+MOTO_S3_ONLY = """
+import sys
+from moto.moto_server.werkzeug_app import create_backend_app
+from werkzeug.serving import run_simple
+run_simple("127.0.0.1", int(sys.argv[1]), create_backend_app("s3"), threaded=True)
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise RuntimeError(f"{what} did not start") from None
+            time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_moto_s3() -> Iterator[S3Server]:
+    """moto's S3 alone on a free loopback port (any credentials are accepted)."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", MOTO_S3_ONLY, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": REGION}
+    server = S3Server(endpoint=endpoint, env={**env, "AWS_ENDPOINT_URL": endpoint}, process=process)
+    try:
+        _wait_for_port(port, process, "moto's S3 backend")
+        yield server
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def running_s3rver(binary: str, folder: Path) -> Iterator[S3Server]:
+    """s3rver on a free loopback port, its objects under ``folder``."""
+    port = _free_port()
+    bucket = f"convpipe-{uuid.uuid4().hex[:12]}"
+    command = [binary, "-d", str(folder), "-a", "127.0.0.1", "-p", str(port), "--silent", "--configure-bucket", bucket]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "S3RVER",  # s3rver's fixed credentials
+        "AWS_SECRET_ACCESS_KEY": "S3RVER",
+        "AWS_REGION": REGION,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ALLOW_HTTP": "true",
+    }
+    server = S3Server(endpoint=endpoint, env=env, process=process)
+    server.new_bucket = lambda: bucket  # type: ignore[method-assign]
+    try:
+        _wait_for_port(port, process, " ".join(command))
+        yield server
+    finally:
+        server.stop()
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process (the server), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_input(url: str, size: int, chunk: int, env: dict[str, str]) -> None:
@@ -87,10 +174,26 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=8192, help="image side in pixels (default 8192)")
     parser.add_argument("--chunk", type=int, default=512, help="input chunk side (default 512)")
     parser.add_argument("--repeat", type=int, default=3, help="runs of each (default 3)")
-    parser.add_argument("--pin", action="store_true", help="moto on the last core, convpipe on the others")
+    parser.add_argument("--pin", action="store_true", help="the server on the last core, convpipe on the others")
+    parser.add_argument(
+        "--server",
+        choices=("moto", "moto-s3", "s3rver"),
+        default="moto",
+        help="moto_server as the tests run it (default); moto's S3 backend alone; s3rver (--s3rver)",
+    )
+    parser.add_argument("--s3rver", metavar="PATH", help="the s3rver executable (npm install s3rver)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="convpipe-bench-s3-") as tmp, running_moto() as server:
-        folder = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="convpipe-bench-s3-")))
+        if args.server == "s3rver":
+            if not args.s3rver:
+                parser.error("--server s3rver needs --s3rver PATH")
+            (folder / "s3rver").mkdir()
+            server = stack.enter_context(running_s3rver(args.s3rver, folder / "s3rver"))
+        elif args.server == "moto-s3":
+            server = stack.enter_context(running_moto_s3())
+        else:
+            server = stack.enter_context(running_moto())
         bucket = server.new_bucket()
         env = {**os.environ, **server.env}
         local_in, local_out = str(folder / "in.zarr"), str(folder / "out.zarr")
@@ -114,21 +217,27 @@ def main() -> int:
             order = ("local", "s3") if round_ % 2 == 0 else ("s3", "local")
             for name in order:
                 before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                served = process_cpu(server.process.pid)
                 result = bench.measure([convpipe, "run", str(configs[name]), "--overwrite", "--quiet", *extra], env)
                 after = resource.getrusage(resource.RUSAGE_CHILDREN)
                 result["cpu_s"] = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+                result["server_cpu_s"] = process_cpu(server.process.pid) - served
                 if result["returncode"] != 0:
                     print(f"{name} failed:\n{result['stderr_tail']}", file=sys.stderr)
                     return 1
                 runs[name].append(result)
                 wall_s, rss, cpu_s = result["wall_s"], result["peak_rss"] / 2**20, result["cpu_s"]
-                print(f"round {round_ + 1} {name:5s} {wall_s:6.2f} s  {rss:6.0f} MiB  cpu {cpu_s:.1f} s")
+                print(
+                    f"round {round_ + 1} {name:5s} {wall_s:6.2f} s  {rss:6.0f} MiB  cpu {cpu_s:.1f} s"
+                    f"  (server cpu {result['server_cpu_s']:.1f} s)"
+                )
         identical = same_output(local_out, remote_out, env)
         mb = args.size * args.size * 2 / 1e6
         print(f"\n{args.size}² uint16 ({mb:.0f} MB), {args.chunk}² chunks, edges chain, medians of {args.repeat}:")
         wall = {name: statistics.median(r["wall_s"] for r in runs[name]) for name in runs}
         rss = {name: statistics.median(r["peak_rss"] for r in runs[name]) for name in runs}
         cpu = {name: statistics.median(r["cpu_s"] for r in runs[name]) for name in runs}
+        server_cpu = statistics.median(r["server_cpu_s"] for r in runs["s3"])
         for name in runs:
             rate, peak = mb / wall[name], rss[name] / 2**20
             print(f"  {name:5s} {wall[name]:6.2f} s  {rate:6.1f} MB/s  peak RSS {peak:6.0f} MiB  cpu {cpu[name]:.1f} s")
@@ -136,6 +245,7 @@ def main() -> int:
             f"{what} {values['s3'] / values['local']:.2f}x" for what, values in (("time", wall), ("peak RSS", rss))
         ]
         print(f"  s3 / local: {', '.join(ratios)}, convpipe CPU {cpu['s3'] / cpu['local']:.2f}x")
+        print(f"  the S3 server's CPU during the s3 run: {server_cpu:.1f} s ({args.server})")
         print(f"  outputs identical: {identical}")
         return 0 if identical else 1
 
