@@ -9,6 +9,7 @@ Relative paths are resolved against the config file's folder (README, "Config");
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from pathlib import Path
@@ -21,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from convpipe import filters
 from convpipe.cluster import ClusterConfig
 from convpipe.errors import ConfigError
-from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, one_of, optional, per_axis
+from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, number, one_of, optional, per_axis
 
 if TYPE_CHECKING:
     from convpipe.io.stores import Location
@@ -62,7 +63,14 @@ def _dtype(value: Any) -> str:
 
 
 #: ``output.format`` names; by default the output path's suffix or the input decides (``output_format``).
-FORMATS = ("zarr", "ome-zarr", "geotiff")
+#: ``cog`` (a Cloud-Optimized GeoTIFF) is only ever asked for: a ``.tif`` path means geotiff.
+FORMATS = ("zarr", "ome-zarr", "geotiff", "cog")
+
+#: The formats that are one TIFF file, written in file order.
+TIFF_FORMATS = ("geotiff", "cog")
+
+#: ``output.overview_resampling`` (COG only): how each overview is made from the level below.
+OVERVIEW_RESAMPLINGS = ("average", "nearest")
 
 #: ``output.codec`` names. blosc-lz4 with byte shuffle is the Zarr default: on the edges
 #: output it encodes faster than zstd and compresses better (README, "Performance").
@@ -119,6 +127,22 @@ def _chunks(value: Any) -> tuple[int, ...] | None:
     return tuple(per_axis(integer(1), "an integer >= 1")(list(value)))
 
 
+def _nodata_value(value: Any) -> float | str:
+    """A nodata value: a finite number, or nan (YAML's .nan too); ``none`` where allowed."""
+    if isinstance(value, str) and value.strip().lower() in ("nan", "none"):
+        return value.strip().lower()
+    if isinstance(value, float) and math.isnan(value):
+        return "nan"
+    return number(value)
+
+
+def _output_nodata(value: Any) -> float | str:
+    checked = _nodata_value(value)
+    if checked == "none":
+        raise fail("must be a number or nan (leave it out for the input's own)")
+    return checked
+
+
 class InputConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -128,6 +152,11 @@ class InputConfig(BaseModel):
     )
     array: OptionalText = Field(None, description="the array inside a Zarr group")
     series: Annotated[int, PlainValidator(integer(0))] = Field(0, description="TIFF series")
+    nodata: Annotated[float | str | None, PlainValidator(optional(_nodata_value))] = Field(
+        None,
+        description="the value marking missing samples: a number, nan or none (default: the file's own, "
+        "GeoTIFF GDAL_NODATA or a Zarr nodata attribute)",
+    )
     level: Annotated[int, PlainValidator(integer(0))] = Field(0, description="TIFF pyramid level")
     axes: Annotated[str | None, PlainValidator(_axes)] = Field(None, description="letters from tczyx")
     chunks: Annotated[tuple[int, ...] | None, PlainValidator(_chunks), as_plain] = Field(
@@ -153,9 +182,14 @@ class OutputConfig(BaseModel):
     )
     dtype: Annotated[str, PlainValidator(_dtype)] = Field("float32", description="output dtype or `input`")
     overwrite: Boolean = Field(False, description="replace an existing output")
+    nodata: Annotated[float | str | None, PlainValidator(optional(_output_nodata))] = Field(
+        None,
+        description="the value written for nodata samples: a number or nan (default: the input's when the "
+        "output dtype holds it, else nan for a float output)",
+    )
     format: Annotated[str | None, PlainValidator(optional(one_of(*FORMATS)))] = Field(
         None,
-        description="zarr, ome-zarr or geotiff (default: from the path's suffix, .ome.zarr or .tif; "
+        description="zarr, ome-zarr, geotiff or cog (default: from the path's suffix, .ome.zarr or .tif; "
         "else ome-zarr for an OME-Zarr input, zarr otherwise)",
     )
     codec: Annotated[str | None, PlainValidator(optional(one_of(*CODECS)))] = Field(
@@ -170,6 +204,9 @@ class OutputConfig(BaseModel):
     )
     ngff_version: Annotated[str | None, PlainValidator(optional(_ngff_version))] = Field(
         None, description="OME-Zarr: 0.5 (Zarr v3; the default) or 0.4 (Zarr v2)"
+    )
+    overview_resampling: Annotated[str | None, PlainValidator(optional(one_of(*OVERVIEW_RESAMPLINGS)))] = Field(
+        None, description="COG: how overviews are made, average (nodata-aware; the default) or nearest"
     )
     storage: Annotated[dict[str, Any] | None, PlainValidator(_storage)] = Field(
         None, description="object store settings: endpoint, region, anonymous, allow_http, profile, credentials"
@@ -414,7 +451,7 @@ def output_codec(output: OutputConfig, format_name: str) -> str:
     """The compression written: as asked, else the format's default."""
     if output.codec is not None:
         return output.codec
-    return "deflate" if format_name == "geotiff" else "lz4"
+    return "deflate" if format_name in TIFF_FORMATS else "lz4"
 
 
 def output_dtype(config: Config, input_dtype: np.dtype) -> np.dtype:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from convpipe import coords, filters
-from convpipe.config import SPATIAL_AXES, Config, OutputConfig, output_codec, output_dtype, output_format
+from convpipe.config import SPATIAL_AXES, TIFF_FORMATS, Config, OutputConfig, output_codec, output_dtype, output_format
 from convpipe.coords import Frame
 from convpipe.errors import ConfigError, ParamError
 from convpipe.geometry import AxisStep, chain_halo, pad_widths
@@ -42,6 +42,9 @@ INNER_CHUNK_BYTES = 2**20
 #: GeoTIFF tiles, by default (GDAL's default too); TIFF wants multiples of 16.
 TIFF_TILE = 256
 
+#: COG tiles, by default: GDAL's COG driver's default.
+COG_TILE = 512
+
 #: A GeoTIFF is written a row of blocks at a time: rows of about this many bytes.
 GEOTIFF_ROW_BYTES = 32 * 2**20
 
@@ -55,12 +58,13 @@ class Storage:
     """How the output is stored. Planned with the blocks, because blocks must tile the chunks:
     no two blocks ever write into the same chunk (or shard, or TIFF tile)."""
 
-    format: str  # zarr, ome-zarr or geotiff
+    format: str  # zarr, ome-zarr, geotiff or cog
     codec: str
     chunks: tuple[int, ...] | None  # storage chunks / TIFF tiles; None: one per block
     shards: bool = False  # Zarr v3 sharding, one shard per block
     pyramid: int = 0  # OME-Zarr levels beyond the first
     ngff_version: str = "0.5"
+    overview_resampling: str = "average"  # COG overviews: average or nearest
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,8 @@ class Plan:
     cache_bytes: int = -1  # decoded input chunks kept for neighbouring halos; -1: the default
     storage: Storage = Storage("zarr", "lz4", None)
     input_frame: Frame | None = None  # physical coordinates of the input; None: sample indices
+    nodata: float | None = None  # the input's nodata value (NaN: NaN only); None: none declared
+    output_nodata: float | None = None  # written for nodata samples; None: as NaN is (0 in an integer)
 
     def __post_init__(self) -> None:
         if self.cache_bytes < 0:
@@ -102,6 +108,14 @@ class Plan:
     @property
     def output_shape(self) -> tuple[int, ...]:
         return self.steps[-1].out_shape
+
+    @property
+    def masked(self) -> bool:
+        """Whether blocks track which samples are nodata: the input declares a nodata value,
+        or a step does something other than propagate with the NaN of a float input."""
+        if self.nodata is not None:
+            return True
+        return self.input_dtype.kind == "f" and any(s.config.nodata != "propagate" for s in self.steps)
 
     @property
     def block_shape(self) -> tuple[int, ...]:
@@ -220,10 +234,15 @@ class Plan:
 
     def writer_bytes(self) -> int:
         """What the writer holds besides blocks: a GeoTIFF's two rows of blocks and its
-        compression buffer (Zarr writes each block where it is computed)."""
-        if self.storage.format != "geotiff":
+        compression buffer (Zarr writes each block where it is computed); a COG's also the
+        row's encoded tiles and its overviews' unfinished tile rows (under two full-width ones)."""
+        if self.storage.format not in TIFF_FORMATS:
             return 0
         row = math.prod(self.block_shape[:-1]) * self.output_shape[-1] * self.output_dtype.itemsize
+        if self.storage.format == "cog":
+            assert self.storage.chunks is not None
+            tile_row = self.storage.chunks[-2] * self.output_shape[-1] * self.output_dtype.itemsize
+            return 3 * row + 2 * tile_row + GEOTIFF_ENCODE_BYTES
         return 2 * row + GEOTIFF_ENCODE_BYTES
 
     def memory_estimate(self, workers: int) -> int:
@@ -320,12 +339,14 @@ def bind(
     *,
     frame: Frame | None = None,
     input_kind: str = "array",
+    nodata: float | None = None,
 ) -> Plan:
     """Bind a config to an input of this shape: reject what cannot work, before any reading.
 
     Axes come from ``input.axes``, else from the file (``file_axes``: OME-Zarr axes, Zarr
     dimension names, TIFF series axes), else the 2-D/3-D defaults. ``frame`` is the input's
-    physical coordinates; ``input_kind`` (zarr, ome-zarr, tiff) picks the default format.
+    physical coordinates; ``input_kind`` (zarr, ome-zarr, tiff) picks the default format;
+    ``nodata`` is the file's own nodata value (``input.nodata`` overrides it).
     """
     dtype = np.dtype(dtype)
     if dtype.kind not in "biuf" or dtype.kind == "b":
@@ -384,7 +405,7 @@ def bind(
         pairs = enumerate(zip(input_block, current, strict=True))
         out_block = tuple(max(1, min(b // total_stride(steps, d), n)) for d, (b, n) in pairs)
         storage = dataclasses.replace(storage, chunks=_inner_chunks(out_block, spatial, out_dtype.itemsize))
-    if storage.format == "geotiff":
+    if storage.format in TIFF_FORMATS:
         input_block = _geotiff_block(input_block, axes, steps, current, out_dtype, config.input.chunks is None)
     if storage.chunks is not None:
         input_block = align_block(input_block, storage.chunks, steps, current)
@@ -399,7 +420,61 @@ def bind(
         input_block=input_block,
         storage=storage,
         input_frame=frame,
+        nodata=(value := input_nodata(config.input.nodata, nodata, dtype)),
+        output_nodata=output_nodata(config.output.nodata, value, out_dtype),
     )
+
+
+def input_nodata(asked: float | str | None, found: float | None, dtype: np.dtype) -> float | None:
+    """The input's nodata value: ``input.nodata`` if set (``none``: no value), else the file's.
+    A value the input's dtype cannot hold marks nothing: an error when asked for, ignored
+    when only the file says it."""
+    if asked == "none":
+        return None
+    value = found if asked is None else (math.nan if asked == "nan" else float(asked))
+    if value is None:
+        return None
+    if math.isnan(value) and dtype.kind != "f":
+        return None  # an integer image holds no NaN: nothing is nodata
+    if not math.isnan(value) and not holds(dtype, value):
+        if asked is None:
+            return None  # a file's value its own samples cannot take (-9999 in uint16) marks nothing
+        raise ConfigError(f"input.nodata: {value:g} cannot occur in a {dtype} image; set a value it holds (or none)")
+    return value
+
+
+def output_nodata(asked: float | str | None, nodata: float | None, dtype: np.dtype) -> float | None:
+    """What nodata samples are written as: ``output.nodata``; else the input's value when the
+    output dtype holds it; else NaN for a float output; else, for an input that declares
+    nodata, an error asking for ``output.nodata``."""
+    if asked is not None:
+        value = math.nan if asked == "nan" else float(asked)
+        if not holds(dtype, value):
+            raise ConfigError(
+                f"output.nodata: {value:g} does not fit the output dtype {dtype}; choose a value it holds"
+            )
+        return value
+    if nodata is not None and holds(dtype, nodata):
+        return nodata
+    if dtype.kind == "f":
+        return math.nan
+    if nodata is not None:
+        raise ConfigError(
+            f"output.nodata: the input's nodata value {nodata:g} does not fit the output dtype {dtype}; "
+            "set output.nodata to a value it holds"
+        )
+    return None
+
+
+def holds(dtype: np.dtype, value: float) -> bool:
+    """Whether ``dtype`` stores ``value`` exactly (NaN only in floats)."""
+    dtype = np.dtype(dtype)
+    if math.isnan(value):
+        return dtype.kind == "f"
+    if dtype.kind == "f":
+        return bool(np.isfinite(dtype.type(value))) and float(dtype.type(value)) == value
+    info = np.iinfo(dtype)
+    return float(value).is_integer() and info.min <= value <= info.max
 
 
 def _geotiff_block(
@@ -471,6 +546,10 @@ def plan_storage(output: OutputConfig, input_kind: str, axes: str, shape: tuple[
         )
     if output.ngff_version is not None and format_name != "ome-zarr":
         raise ConfigError(f"output.ngff_version: only for OME-Zarr outputs (this output is {format_name})")
+    if output.overview_resampling is not None and format_name != "cog":
+        raise ConfigError(
+            f"output.overview_resampling: only for COG outputs (this output is {format_name}); set output.format: cog"
+        )
     ngff_version = output.ngff_version or "0.5"
     if output.pyramid:
         longest = max(shape[d] for d in spatial)
@@ -480,14 +559,14 @@ def plan_storage(output: OutputConfig, input_kind: str, axes: str, shape: tuple[
                 f"output.pyramid: {output.pyramid} levels would halve the output {shape} below one sample; "
                 f"at most {most}"
             )
-    if output.shards and (format_name == "geotiff" or (format_name == "ome-zarr" and ngff_version == "0.4")):
-        what = "GeoTIFF" if format_name == "geotiff" else "OME-Zarr 0.4 (Zarr v2)"
+    if output.shards and (format_name in TIFF_FORMATS or (format_name == "ome-zarr" and ngff_version == "0.4")):
+        what = "GeoTIFF" if format_name in TIFF_FORMATS else "OME-Zarr 0.4 (Zarr v2)"
         raise ConfigError(f"output.shards: {what} has no shards; shards need Zarr v3 (zarr, or ome-zarr 0.5)")
     if format_name == "ome-zarr":
         problem = ngff.axes_problem(axes)
         if problem:
             raise ConfigError(f"output.format: an OME-Zarr image cannot hold this output: {problem}")
-    if format_name == "geotiff":
+    if format_name in TIFF_FORMATS:
         if codec == "lz4":
             raise ConfigError("output.codec: lz4 is not a TIFF compression; use deflate, zstd or none")
         if axes not in ("yx", "cyx"):
@@ -495,9 +574,11 @@ def plan_storage(output: OutputConfig, input_kind: str, axes: str, shape: tuple[
                 f"output.format: GeoTIFF holds 2-D rasters, axes yx (or cyx: bands); this output's axes are {axes}"
             )
         if chunks is None:
-            chunks = tuple(1 if letter == "c" else TIFF_TILE for letter in axes)
+            side = COG_TILE if format_name == "cog" else TIFF_TILE
+            chunks = tuple(1 if letter == "c" else side for letter in axes)
         elif any(chunks[d] % 16 for d in spatial) or ("c" in axes and chunks[0] != 1):
             raise ConfigError(
                 f"output.chunks: GeoTIFF tiles must be multiples of 16 along y and x (and 1 band), got {list(chunks)}"
             )
-    return Storage(format_name, codec, chunks, output.shards, output.pyramid, ngff_version)
+    resampling = output.overview_resampling or "average"
+    return Storage(format_name, codec, chunks, output.shards, output.pyramid, ngff_version, resampling)

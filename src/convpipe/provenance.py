@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from convpipe import filters
 from convpipe._version import __version__
+from convpipe.config import TIFF_FORMATS
 from convpipe.errors import ConfigError, RunError
 from convpipe.io import lifecycle, stores
 from convpipe.io.inputs import TIFF_SUFFIXES
@@ -82,11 +83,20 @@ def provenance(config: Config, plan: Plan, fingerprint: dict[str, Any] | None = 
         "storage": {
             "format": plan.storage.format,
             "codec": plan.storage.codec,
-            "chunks": list(plan.storage.chunks if plan.storage.format == "geotiff" else plan.storage_chunks),
+            "chunks": list(plan.storage.chunks if plan.storage.format in TIFF_FORMATS else plan.storage_chunks),
             "shards": list(plan.shard_shape) if plan.shard_shape else None,
-            "levels": len(plan.level_shapes()),
+            "levels": _levels(plan),
         },
     }
+
+
+def _levels(plan: Plan) -> int:
+    """Resolutions written: the OME-Zarr pyramid's, or a COG's overviews and full resolution."""
+    if plan.storage.format == "cog" and plan.storage.chunks is not None:
+        from convpipe.io.cog import planned_levels
+
+        return len(planned_levels(plan.output_shape, plan.storage.chunks))
+    return len(plan.level_shapes())
 
 
 #: What must be the same for a resume to continue a computation.

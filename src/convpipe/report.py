@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
 from convpipe import coords, filters
+from convpipe.config import TIFF_FORMATS
 from convpipe.plan import Plan
 
 
@@ -33,6 +35,7 @@ def describe_plan(plan: Plan, workers: int | None = None, budget: int | None = N
     lines = [
         f"input   shape {plan.input_shape} {plan.input_dtype}, axes {plan.axes}, storage chunks {plan.input_chunks}",
         f"compute {plan.compute_dtype}; output {plan.output_shape} {plan.output_dtype}",
+        describe_nodata(plan),
         "",
         f"steps (per spatial axis {letters}; halo = input pixels a block reads beyond its own, before/after)",
     ]
@@ -76,17 +79,36 @@ def describe_plan(plan: Plan, workers: int | None = None, budget: int | None = N
     return "\n".join(lines)
 
 
+def describe_nodata(plan: Plan) -> str:
+    """Where nodata comes from and what the steps do with it (README, "Nodata")."""
+    policies = ", ".join(f"{s.index}: {s.config.nodata}" for s in plan.steps if s.config.nodata != "propagate")
+    if not plan.masked:
+        unused = f"; the steps' nodata policies ({policies}) have nothing to act on" if policies else ""
+        return f"nodata  none (the input declares no nodata value){unused}"
+    source = "NaN" if plan.nodata is None or math.isnan(plan.nodata) else f"{plan.nodata:g} and NaN"
+    written = "as NaN is (0 in an integer output)" if plan.output_nodata is None else f"as {plan.output_nodata:g}"
+    return f"nodata  {source} in the input; written {written}; steps {policies or 'all propagate'}"
+
+
 def describe_storage(plan: Plan) -> list[str]:
     """The output's format and layout, and where its samples are."""
     storage = plan.storage
-    kind = {"zarr": "Zarr v3", "geotiff": "GeoTIFF, tiled"}.get(storage.format, f"OME-Zarr {storage.ngff_version}")
-    chunks = plan.storage.chunks if storage.format == "geotiff" else plan.storage_chunks
-    layout = f"{'tiles' if storage.format == 'geotiff' else 'chunks'} {chunks}"
+    kind = {"zarr": "Zarr v3", "geotiff": "GeoTIFF, tiled", "cog": "Cloud-Optimized GeoTIFF, tiled"}.get(
+        storage.format, f"OME-Zarr {storage.ngff_version}"
+    )
+    chunks = plan.storage.chunks if storage.format in TIFF_FORMATS else plan.storage_chunks
+    layout = f"{'tiles' if storage.format in TIFF_FORMATS else 'chunks'} {chunks}"
     if plan.shard_shape:
         layout += f" in shards of {plan.shard_shape} (one per block)"
     lines = [f"output  {kind}, {storage.codec}, {layout}"]
     if storage.pyramid:
         lines.append(f"        pyramid: {storage.pyramid} more levels, {', '.join(map(str, plan.level_shapes()[1:]))}")
+    if storage.format == "cog" and storage.chunks is not None:
+        from convpipe.io.cog import planned_levels
+
+        overviews = planned_levels(plan.output_shape, storage.chunks)[1:]
+        shapes = ", ".join(map(str, overviews)) if overviews else "none: one tile holds the image"
+        lines.append(f"        overviews ({storage.overview_resampling}): {shapes}")
     if plan.input_frame is not None and not coords.is_identity(plan.input_frame):
         frame = plan.output_frame
         lines.append(

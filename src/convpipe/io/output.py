@@ -96,9 +96,12 @@ class StreamOutput(Output, Protocol):
 
 def output_for(plan: Plan, location: Location) -> BlockOutput | StreamOutput:
     """The output format the plan asks for, at ``location``."""
+    from convpipe.io.cog_output import CogOutput
     from convpipe.io.geotiff_output import GeoTiffOutput
     from convpipe.io.zarr_output import ZarrOutput
 
     if plan.storage.format == "geotiff":
         return GeoTiffOutput(location)
+    if plan.storage.format == "cog":
+        return CogOutput(location)
     return ZarrOutput(location, plan.storage.format)
