@@ -132,7 +132,7 @@ CONFIG_ERRORS = [
         (
             "unknown key",
             "did you mean size?",
-            "allowed: filter, pad, padding, cval, stride, flip, size",
+            "allowed: filter, pad, padding, cval, stride, flip, nodata, min_valid, fill_value, size",
         ),
     ),
     (

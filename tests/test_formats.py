@@ -619,14 +619,17 @@ def test_broken_ngff_transforms_are_one_line(tmp_path: Path, capsys: pytest.Capt
     assert code == 0 and "unreadable: the scale" in out
 
 
-def test_nodata_the_output_dtype_cannot_hold_is_dropped(tmp_path: Path) -> None:
+def test_nodata_the_output_dtype_cannot_hold_asks_for_output_nodata(tmp_path: Path) -> None:
     source = geotiff(tmp_path / "dem.tif", (RNG.random((40, 40)) * 200).astype(np.float32))  # nodata -9999
     convpipe.run(config_for(source, tmp_path / "float.tif", [{"filter": "box"}]))
-    convpipe.run(config_for(source, tmp_path / "byte.tif", [{"filter": "box"}], dtype="uint8"))
+    with pytest.raises(ConfigError, match=r"output\.nodata: the input's nodata value -9999 does not fit"):
+        convpipe.run(config_for(source, tmp_path / "byte.tif", [{"filter": "box"}], dtype="uint8"))
+    assert not (tmp_path / "byte.tif").exists()
+    convpipe.run(config_for(source, tmp_path / "byte.tif", [{"filter": "box"}], dtype="uint8", nodata=255))
     with tifffile.TiffFile(tmp_path / "float.tif") as tif:
         assert tif.pages.first.tags["GDAL_NODATA"].value == "-9999"
     with tifffile.TiffFile(tmp_path / "byte.tif") as tif:
-        assert "GDAL_NODATA" not in tif.pages.first.tags
+        assert tif.pages.first.tags["GDAL_NODATA"].value.strip("\x00") == "255"
 
 
 def test_info_calls_an_unfinished_geotiff_partial(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,17 +46,23 @@ def filter_array(
     axes: str | None = None,
     chunks: tuple[int, ...] | None = None,
     dtype: str = "float32",
+    nodata: float | str | None = None,
+    output_nodata: float | str | None = None,
 ) -> da.Array:
     """Run a chain over an in-memory array; returns a lazy Dask array.
+
+    ``nodata`` marks missing samples (a number or ``"nan"``), as ``input.nodata`` does;
+    ``output_nodata`` is what they become, as ``output.nodata``.
 
     >>> filter_array(np.ones((64, 64)), [{"filter": "box", "size": 3}]).compute().mean()
     np.float32(1.0)
     """
     image = np.asarray(image)
+    source = {"path": "<array>", "axes": axes, "chunks": list(chunks) if chunks else None, "nodata": nodata}
     config = from_dict(
         {
-            "input": {"path": "<array>", "axes": axes, "chunks": list(chunks) if chunks else None},
-            "output": {"path": "<none>", "dtype": dtype},
+            "input": source,
+            "output": {"path": "<none>", "dtype": dtype, "nodata": output_nodata},
             "pipeline": pipeline,
         }
     )

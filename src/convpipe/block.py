@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from convpipe.geometry import CONSTANT, AxisGather, AxisStep, axis_gather, axis_needs, padding_source
+from convpipe.nodata import Policy
+from convpipe.nodata import run as nodata_step
 from convpipe.ops import apply_op
 from convpipe.plan import StepPlan
 
@@ -75,11 +77,17 @@ def run_step(
 
 
 def gather_window(
-    step: StepPlan, data: np.ndarray, have: Sequence[np.ndarray], wanted: Sequence[np.ndarray]
+    step: StepPlan,
+    data: np.ndarray,
+    have: Sequence[np.ndarray],
+    wanted: Sequence[np.ndarray],
+    cval: float | None = None,
 ) -> tuple[np.ndarray, list[AxisGather]]:
-    """The step's padded window (a view of ``data`` away from the image border) and its gathers."""
+    """The step's padded window (a view of ``data`` away from the image border) and its
+    gathers; ``cval`` replaces the step's constant (the validity of padding is 1)."""
+    cval = step.config.cval if cval is None else cval
     gathers = [axis_gather(w, h, axis, step.config.padding) for w, h, axis in zip(wanted, have, step.axes, strict=True)]
-    window = _gather_runs(data, [g.take for g in gathers], step.config.cval)
+    window = _gather_runs(data, [g.take for g in gathers], cval)
     if window is not None:
         return window, gathers
     window = data
@@ -87,7 +95,7 @@ def gather_window(
         if gather.needs_constant:
             shape = list(window.shape)
             shape[axis] = 1
-            fill = np.full(shape, step.config.cval, dtype=window.dtype)
+            fill = np.full(shape, cval, dtype=window.dtype)
             window = np.concatenate([window, fill], axis=axis)
         if isinstance(gather.take, slice):
             window = window[(slice(None),) * axis + (gather.take,)]
@@ -107,6 +115,10 @@ def apply_step(
     # NaN and infinity follow IEEE arithmetic on purpose: no warnings about them.
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         result = apply_op(step.op, window, tuple(a.stride for a in step.axes), value_range, finite)
+    return _kept(result, gathers)
+
+
+def _kept(result: np.ndarray, gathers: Sequence[AxisGather]) -> np.ndarray:
     for axis, gather in enumerate(gathers):
         if not isinstance(gather.keep, slice):
             result = np.take(result, gather.keep, axis=axis)
@@ -235,6 +247,67 @@ def compute_block(
         if value_range is not None and not all(math.isfinite(v) for v in value_range):
             finite = False  # rescaling by an infinite range makes NaN of finite pixels
     return data
+
+
+def valid_samples(data: np.ndarray, nodata: float | None) -> np.ndarray:
+    """Which samples hold data: not ``nodata`` and, with nodata tracked, finite."""
+    if data.dtype.kind in "biu":
+        if nodata is None or math.isnan(nodata):
+            return np.ones(data.shape, dtype=bool)
+        return data != nodata
+    valid = np.isfinite(data)
+    if nodata is not None and not math.isnan(nodata):
+        valid &= data != nodata
+    return valid
+
+
+def compute_block_masked(
+    steps: Sequence[StepPlan],
+    read: Reader,
+    block: Sequence[tuple[int, int]],
+    compute_dtype: np.dtype,
+    nodata: float | None,
+    value_ranges: Sequence[ValueRange | None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``compute_block`` with nodata (README, "Nodata"): the chain's output over ``block`` and
+    which of its samples are valid. A block whose samples are all valid runs exactly as
+    ``compute_block`` does; otherwise each step runs through ``convpipe.nodata`` on the data
+    (nodata samples set to 0, so kernels stay on their finite paths) and its validity."""
+    needs = needed_indices(steps, block)
+    raw = np.asarray(read(needs[0]))
+    valid = valid_samples(raw, nodata)
+    if valid.all():
+        integer = raw.dtype.kind in "biu"
+        data = compute_block(steps, lambda _, samples=raw: samples, block, compute_dtype, value_ranges, integer)
+        return data, np.ones(data.shape, dtype=bool)
+    data = raw.astype(compute_dtype)  # a copy: nodata samples are overwritten
+    del raw
+    data[~valid] = 0
+    for k, step in enumerate(steps):
+        value_range = value_ranges[k] if value_ranges is not None else None
+        policy = Policy(step.config.nodata, step.config.min_valid, step.config.fill_value)
+        if policy.mode == "fill" and not valid.all():
+            assert policy.fill_value is not None  # the config requires it
+            data[~valid] = policy.fill_value
+            valid = np.ones(valid.shape, dtype=bool)
+        if any(len(w) == 0 for w in needs[k + 1]):
+            data = run_step(step, data, needs[k], needs[k + 1], value_range)
+            valid = np.ones(data.shape, dtype=bool)
+            continue
+        if valid.all():
+            window, gathers = gather_window(step, data, needs[k], needs[k + 1])
+            data = apply_step(step, window, gathers, value_range)
+            valid = np.ones(data.shape, dtype=bool)
+            continue
+        window, gathers = gather_window(step, data, needs[k], needs[k + 1])
+        validity, _ = gather_window(step, valid.astype(compute_dtype), needs[k], needs[k + 1], cval=1.0)
+        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            result, ok = nodata_step(step.op, window, validity, tuple(a.stride for a in step.axes), value_range, policy)
+        data, valid = _kept(result, gathers), _kept(ok, gathers)
+        if not data.flags.writeable or np.may_share_memory(data, window):
+            data = data.copy()
+        data[~valid] = 0
+    return data, valid
 
 
 def _read_padded(

@@ -24,7 +24,7 @@ from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph
 
 from convpipe import pyramid
-from convpipe.block import ValueRange, compute_block, to_dtype
+from convpipe.block import ValueRange, compute_block, compute_block_masked, to_dtype
 from convpipe.io.inputs import ArrayReader, InputSpec, open_input
 from convpipe.memory import release_free_memory
 from convpipe.plan import Plan, StepPlan
@@ -60,6 +60,9 @@ class ChainJob:
     chunks: tuple[tuple[int, ...], ...]
     compute_dtype: np.dtype
     output_dtype: np.dtype | None  # None: keep the compute dtype (range passes)
+    masked: bool = False  # track nodata (README, "Nodata")
+    nodata: float | None = None  # the input's nodata value
+    output_nodata: float | None = None  # written where the output is nodata; None: as NaN is
 
     @property
     def trim_slack(self) -> int:
@@ -69,6 +72,8 @@ class ChainJob:
         return self.source.cache_bytes // 4 if isinstance(self.source, InputSpec) else 0
 
     def block(self, index: Sequence[int], value_ranges: Sequence[ValueRange | None]) -> np.ndarray:
+        if self.masked:
+            return self._masked_block(index, value_ranges)
         reader = reader_of(self.source)
         # Integer samples are converted as they leave the decoded chunks: no block-sized
         # copy in the input's dtype, no separate conversion pass.
@@ -83,6 +88,35 @@ class ChainJob:
             read_into=lambda indices, out: reader.read(indices, out=out),
         )
         return data if self.output_dtype is None else to_dtype(data, self.output_dtype)
+
+    def _masked_block(self, index: Sequence[int], value_ranges: Sequence[ValueRange | None]) -> np.ndarray:
+        """The block with nodata samples written as ``output_nodata`` (NaN in a range pass,
+        whose min and max ignore them)."""
+        reader = reader_of(self.source)
+        data, valid = compute_block_masked(
+            self.steps, reader.read, block_bounds(self.chunks, index), self.compute_dtype, self.nodata, value_ranges
+        )
+        if self.output_dtype is None:
+            data[~valid] = np.nan
+            return data
+        out = to_dtype(data, self.output_dtype)
+        if self.output_nodata is not None and not valid.all():
+            out[~valid] = self.output_nodata
+        return out
+
+
+def chain_job(plan: Plan, source: Source) -> ChainJob:
+    """The whole chain's job: every step, to the output dtype."""
+    return ChainJob(
+        plan.steps,
+        source,
+        plan.chunks,
+        plan.compute_dtype,
+        plan.output_dtype,
+        plan.masked,
+        plan.nodata,
+        plan.output_nodata,
+    )
 
 
 def _block_range(job: ChainJob, index: tuple[int, ...], value_ranges: list[Any]) -> ValueRange:
@@ -112,7 +146,10 @@ class GraphBuilder:
     def _range_pass(self, k: int) -> str:
         """Tasks that find the global (min, max) of step k's input; returns the result's key."""
         key = f"convpipe-range{k}-{self.token}"
-        job = ChainJob(self.plan.steps[:k], self.source, self.plan.layout(k), self.plan.compute_dtype, None)
+        plan = self.plan
+        job = ChainJob(
+            plan.steps[:k], self.source, plan.layout(k), plan.compute_dtype, None, plan.masked, plan.nodata
+        )
         parts = []
         for index in np.ndindex(*[len(c) for c in job.chunks]):
             part = (f"convpipe-range{k}-part-{self.token}", *index)
@@ -122,8 +159,7 @@ class GraphBuilder:
         return key
 
     def job(self) -> ChainJob:
-        plan = self.plan
-        return ChainJob(plan.steps, self.source, plan.chunks, plan.compute_dtype, plan.output_dtype)
+        return chain_job(self.plan, self.source)
 
     def block_tasks(
         self, name: str, function: Callable[..., Any], *extra: Any, indices: Iterable[tuple[int, ...]] | None = None
@@ -162,7 +198,7 @@ def trial_block(plan: Plan, source: Source) -> None:
     Global ranges (``rescale``) are not computed for it: a stand-in range exercises the step."""
     from convpipe.errors import RunError
 
-    job = ChainJob(plan.steps, source, plan.chunks, plan.compute_dtype, plan.output_dtype)
+    job = chain_job(plan, source)
     ranges: list[Any] = [(0.0, 1.0) if getattr(step.op, "needs_range", False) else None for step in plan.steps]
     try:
         job.block((0,) * len(plan.chunks), ranges)

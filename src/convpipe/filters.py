@@ -29,10 +29,14 @@ from convpipe.params import (
     as_plain,
     fail,
     integer,
+    number,
     one_of,
     optional,
     per_axis,
 )
+
+#: What a step does with nodata samples (README, "Nodata").
+NODATA_POLICIES = ("propagate", "ignore", "fill")
 
 
 def _pad(value: Any) -> Any:
@@ -41,6 +45,13 @@ def _pad(value: Any) -> Any:
             raise fail(f"must be same, valid, full, an integer >= 0 or a list of them (got {value!r})")
         return value
     return per_axis(integer(0), "same, valid, full or an integer >= 0")(value)
+
+
+def _share(value: Any) -> float:
+    share = number(value)
+    if not 0 < share <= 1:
+        raise fail(f"must be in (0, 1] (got {share:g})")
+    return share
 
 
 def _padding(value: Any) -> str:
@@ -66,8 +77,33 @@ class Step(BaseModel):
     cval: Number = Field(0.0, description="the value outside the image for padding: constant")
     stride: Size = Field(1, description="keep every n-th output (one value or one per axis)")
     flip: Boolean = Field(False, description="flip the kernel: true convolution instead of correlation")
+    nodata: Annotated[str, PlainValidator(one_of(*NODATA_POLICIES))] = Field(
+        "propagate", description='what nodata samples do to this step: propagate, ignore or fill (README, "Nodata")'
+    )
+    min_valid: Annotated[float, PlainValidator(_share)] = Field(
+        0.5, description="with nodata: ignore, the least valid share of a window for a valid output (0 < x <= 1)"
+    )
+    fill_value: OptionalNumber = Field(None, description="with nodata: fill, the value nodata samples take")
 
-    common_keys: ClassVar[tuple[str, ...]] = ("filter", "pad", "padding", "cval", "stride", "flip")
+    common_keys: ClassVar[tuple[str, ...]] = (
+        "filter",
+        "pad",
+        "padding",
+        "cval",
+        "stride",
+        "flip",
+        "nodata",
+        "min_valid",
+        "fill_value",
+    )
+
+    @model_validator(mode="after")
+    def _nodata_keys(self) -> Step:
+        if self.nodata == "fill" and self.fill_value is None:
+            raise fail("nodata: fill needs fill_value (the value nodata samples take)")
+        if self.fill_value is not None and self.nodata != "fill":
+            raise fail("fill_value: only with nodata: fill")
+        return self
 
 
 def per_axis_values(value: Any, ndim: int, key: str) -> tuple[Any, ...]:

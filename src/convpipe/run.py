@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -53,7 +54,14 @@ def make_plan(config: Config, memory: int | None = None, workers: int | None = N
     """
     reader = open_input(input_spec(config))
     plan = bind(
-        config, reader.shape, reader.dtype, reader.chunks, reader.axes, frame=reader.frame, input_kind=reader.kind
+        config,
+        reader.shape,
+        reader.dtype,
+        reader.chunks,
+        reader.axes,
+        frame=reader.frame,
+        input_kind=reader.kind,
+        nodata=reader.nodata,
     )
     if plan.cache_bytes == 0 and config.input.location.is_remote:
         cache = remote_cache(plan.input_shape, plan.input_chunks, plan.spatial, plan.input_dtype)
@@ -69,7 +77,23 @@ def output_geo(config: Config, plan: Plan) -> GeoInfo | None:
     geo = open_input(input_spec(config)).geo
     if geo is None or "x" not in plan.axes or "y" not in plan.axes:
         return None
-    return geo.through(plan.sample_frame, plan.axes).for_dtype(plan.output_dtype)
+    moved = geo.through(plan.sample_frame, plan.axes)
+    if plan.masked:  # what nodata samples are written as, whatever the input said
+        nodata = plan.output_nodata
+        return dataclasses.replace(moved, nodata=None if nodata is None else format_nodata(nodata))
+    return moved.for_dtype(plan.output_dtype)
+
+
+def format_nodata(value: float) -> str:
+    """As GDAL writes GDAL_NODATA: "nan", or the shortest exact decimal."""
+    return "nan" if math.isnan(value) else (str(int(value)) if float(value).is_integer() else repr(float(value)))
+
+
+def nodata_attributes(plan: Plan) -> dict[str, Any]:
+    """The output's ``nodata`` attribute (a string for NaN, which JSON has no word for)."""
+    if not plan.masked or plan.output_nodata is None:
+        return {}
+    return {"nodata": format_nodata(plan.output_nodata) if math.isnan(plan.output_nodata) else plan.output_nodata}
 
 
 def geo_attributes(geo: GeoInfo | None) -> dict[str, Any]:
@@ -275,7 +299,7 @@ def _write_blocks(target: BlockOutput, job: _Job, *, keep: bool) -> tuple[int, i
     """Every block not yet written, in any order, then the pyramid, then the completion mark;
     returns (blocks written, blocks kept from before, seconds spent building the graph)."""
     plan, config = job.plan, job.config
-    extra = geo_attributes(output_geo(config, plan))
+    extra = {**geo_attributes(output_geo(config, plan)), **nodata_attributes(plan)}
     done = target.begin(plan, job.record, extra, config.input.location.name, keep=keep)
     todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
     handle = target.writer(job.lease.key)

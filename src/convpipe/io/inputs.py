@@ -225,6 +225,20 @@ class ArrayReader:
         with self._fetching_chunks(indices):
             return [np.asarray(chunk) for chunk in sync(every())]
 
+    @property
+    def nodata(self) -> float | None:
+        """The file's own nodata value: GeoTIFF's GDAL_NODATA, or a Zarr array's ``nodata``
+        attribute (a convpipe output's ``geo.nodata``); None when it declares none."""
+        raw: Any = self.geo.nodata if self.geo is not None else None
+        attributes = getattr(self.array, "attrs", None)
+        if raw is None and attributes is not None:
+            geo = attributes.get("geo")
+            raw = attributes.get("nodata", geo.get("nodata") if isinstance(geo, dict) else None)
+        try:
+            return None if raw is None else float(raw)
+        except (TypeError, ValueError):
+            return None
+
     def _fetching(self, selection: Sequence[slice | np.ndarray]) -> contextlib.AbstractContextManager[None]:
         """Around a zarr read: the storage chunks it touches prefetched, if the input says how."""
         if self.prefetch is None:

@@ -136,7 +136,8 @@ def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict
         "chunks": chunks,
         "dtype": plan.output_dtype,
         "compressors": compressors(plan.storage.codec, zarr_format),
-        "fill_value": 0,
+        # A chunk never written reads as nodata where the output has nodata (zarr's convention).
+        "fill_value": plan.output_nodata if plan.masked and plan.output_nodata is not None else 0,
         "overwrite": False,
     }
     if zarr_format == 3:
