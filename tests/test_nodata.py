@@ -305,3 +305,40 @@ def test_rescale_takes_its_range_from_valid_samples_only() -> None:
     valid = scene != -9999
     np.testing.assert_array_equal(np.isnan(out), ~valid)
     assert out[valid].min() == pytest.approx(0.0, abs=1e-6) and out[valid].max() == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ome_zarr_pyramid_levels_average_valid_samples_only(tmp_path: Any) -> None:
+    import zarr
+    from test_formats import config_for, geotiff
+
+    scene = _scene()
+    source = geotiff(tmp_path / "scene.tif", scene)
+    out = tmp_path / "levels.ome.zarr"
+    convpipe.run(config_for(source, out, [{"filter": "box", "size": 1}], pyramid=2))
+    group = zarr.open_group(str(out), mode="r")
+    below = group["0"][...]
+    for level in (1, 2):
+        got = group[str(level)][...]
+        valid = below != -9999
+        h, w = got.shape
+        padded = np.zeros((2 * h, 2 * w), dtype=np.float64)
+        count = np.zeros_like(padded)
+        padded[: below.shape[0], : below.shape[1]] = np.where(valid, below, 0)
+        count[: below.shape[0], : below.shape[1]] = valid
+        total = padded.reshape(h, 2, w, 2).sum(axis=(1, 3))
+        cells = count.reshape(h, 2, w, 2).sum(axis=(1, 3))
+        expected = np.where(cells > 0, total / np.maximum(cells, 1), -9999)
+        np.testing.assert_allclose(got, expected, rtol=1e-6)
+        assert (got[cells == 0] == -9999).all() and (got[:, : 20 // 2**level - 1] == -9999).all()
+        below = got
+
+
+def test_a_nodata_output_read_back_as_input_keeps_its_nodata(tmp_path: Any) -> None:
+    """What convpipe writes (a Zarr array's attribute, an OME-Zarr image's) it reads back."""
+    from test_formats import config_for, geotiff
+
+    source = geotiff(tmp_path / "scene.tif", _scene())
+    for name in ("plain.zarr", "image.ome.zarr"):
+        out = tmp_path / name
+        convpipe.run(config_for(source, out, [{"filter": "box", "size": 1}]))
+        assert convpipe.make_plan(config_for(out, tmp_path / f"again-{name}", [{"filter": "box"}])).nodata == -9999

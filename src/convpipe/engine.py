@@ -147,9 +147,7 @@ class GraphBuilder:
         """Tasks that find the global (min, max) of step k's input; returns the result's key."""
         key = f"convpipe-range{k}-{self.token}"
         plan = self.plan
-        job = ChainJob(
-            plan.steps[:k], self.source, plan.layout(k), plan.compute_dtype, None, plan.masked, plan.nodata
-        )
+        job = ChainJob(plan.steps[:k], self.source, plan.layout(k), plan.compute_dtype, None, plan.masked, plan.nodata)
         parts = []
         for index in np.ndindex(*[len(c) for c in job.chunks]):
             part = (f"convpipe-range{k}-part-{self.token}", *index)
@@ -314,9 +312,10 @@ def _pyramid_block(
     halved: tuple[int, ...],
     source_shape: tuple[int, ...],
     dtype: np.dtype,
+    nodata: float | None = None,
 ) -> None:
     source = read(target, level - 1, pyramid.source_bounds(bounds, halved, source_shape))
-    write(target, level, bounds, pyramid.mean2(source, halved, dtype))
+    write(target, level, bounds, pyramid.mean2(source, halved, dtype, nodata))
     release_free_memory()
 
 
@@ -332,6 +331,7 @@ def pyramid_graph(
     shape, source_shape = shapes[level], shapes[level - 1]
     halved = plan.halved_axes(level)
     block = plan.block_shape
+    nodata = plan.output_nodata if plan.masked else None  # levels average valid samples only
     token = uuid.uuid4().hex[:12]
     tasks: dict[Any, Any] = {}
     keys = []
@@ -339,7 +339,18 @@ def pyramid_graph(
     for index, starts in enumerate(itertools.product(*grid)):
         bounds = tuple((start, min(start + b, n)) for start, b, n in zip(starts, block, shape, strict=True))
         key = (f"convpipe-level{level}-{token}", index)
-        tasks[key] = (_pyramid_block, read, write, target, level, bounds, halved, source_shape, plan.output_dtype)
+        tasks[key] = (
+            _pyramid_block,
+            read,
+            write,
+            target,
+            level,
+            bounds,
+            halved,
+            source_shape,
+            plan.output_dtype,
+            nodata,
+        )
         keys.append(key)
     final = f"convpipe-level{level}-done-{token}"
     tasks[final] = (_count, *keys)

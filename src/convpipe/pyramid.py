@@ -26,8 +26,13 @@ def source_bounds(
     )
 
 
-def mean2(data: np.ndarray, halved: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """The 2x mean of ``data`` along ``halved``, in ``dtype`` (integers rounded, as the chain's)."""
+def mean2(data: np.ndarray, halved: Sequence[int], dtype: np.dtype, nodata: float | None = None) -> np.ndarray:
+    """The 2x mean of ``data`` along ``halved``, in ``dtype`` (integers rounded, as the chain's).
+
+    With ``nodata`` (the output's nodata value; NaN: NaN only) the mean is over the samples of
+    each cell that are not nodata, and a cell with none is nodata (README, "Nodata")."""
+    if nodata is not None:
+        return _valid_mean2(data, halved, dtype, nodata)
     result = data.astype(np.float64 if data.dtype == np.float64 else np.float32, copy=False)
     for axis in halved:
         n = result.shape[axis]
@@ -38,3 +43,30 @@ def mean2(data: np.ndarray, halved: Sequence[int], dtype: np.dtype) -> np.ndarra
             mean = np.concatenate([mean, result[(slice(None),) * axis + (slice(n - 1, n),)]], axis=axis)
         result = mean
     return to_dtype(result, dtype)
+
+
+def _valid_mean2(data: np.ndarray, halved: Sequence[int], dtype: np.dtype, nodata: float) -> np.ndarray:
+    work = np.float64 if data.dtype == np.float64 else np.float32
+    valid = ~np.isnan(data) if data.dtype.kind == "f" else np.ones(data.shape, dtype=bool)
+    if not np.isnan(nodata):
+        valid &= data != nodata
+    total = np.where(valid, data, 0).astype(work)
+    count = valid.astype(work)
+    for axis in halved:
+        total, count = _pairs(total, axis), _pairs(count, axis)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / count
+    out = to_dtype(mean, dtype)
+    out[count == 0] = nodata
+    return out
+
+
+def _pairs(values: np.ndarray, axis: int) -> np.ndarray:
+    """Sums of neighbouring pairs along ``axis``; an odd last sample alone."""
+    n = values.shape[axis]
+    first = values[(slice(None),) * axis + (slice(0, n - n % 2, 2),)]
+    second = values[(slice(None),) * axis + (slice(1, n, 2),)]
+    summed = first + second
+    if n % 2:
+        summed = np.concatenate([summed, values[(slice(None),) * axis + (slice(n - 1, n),)]], axis=axis)
+    return summed

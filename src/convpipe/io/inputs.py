@@ -81,8 +81,10 @@ class ArrayReader:
         kind: str = "array",
         geo: GeoInfo | None = None,
         prefetch: Callable[[Sequence[tuple[int, ...]]], contextlib.AbstractContextManager[None]] | None = None,
+        group_attributes: dict[str, Any] | None = None,
     ) -> None:
         self.array = array
+        self.group_attributes = group_attributes or {}  # an OME-Zarr image's: its nodata lives there
         self.prefetch = prefetch  # a remote TIFF's: fetches the tiles of a zarr read together first
         self.description = description
         self.axes = axes  # as the file names them (tczyx letters), if it does
@@ -227,13 +229,14 @@ class ArrayReader:
 
     @property
     def nodata(self) -> float | None:
-        """The file's own nodata value: GeoTIFF's GDAL_NODATA, or a Zarr array's ``nodata``
-        attribute (a convpipe output's ``geo.nodata``); None when it declares none."""
+        """The file's own nodata value: GeoTIFF's GDAL_NODATA, or a Zarr array's (or its
+        OME-Zarr image's) ``nodata`` attribute, or a convpipe output's ``geo.nodata``; None
+        when it declares none."""
         raw: Any = self.geo.nodata if self.geo is not None else None
-        attributes = getattr(self.array, "attrs", None)
-        if raw is None and attributes is not None:
-            geo = attributes.get("geo")
-            raw = attributes.get("nodata", geo.get("nodata") if isinstance(geo, dict) else None)
+        for attributes in (getattr(self.array, "attrs", None), self.group_attributes):
+            if raw is None and attributes is not None:
+                geo = attributes.get("geo")
+                raw = attributes.get("nodata", geo.get("nodata") if isinstance(geo, dict) else None)
         try:
             return None if raw is None else float(raw)
         except (TypeError, ValueError):
@@ -309,8 +312,10 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
     axes = None
     frame = None
     kind = "zarr"
+    group: dict[str, Any] = {}
     if isinstance(node, zarr.Group):
-        ngff = multiscales(dict(node.attrs))
+        group = dict(node.attrs)
+        ngff = multiscales(group)
         name = spec.array
         if name is None and ngff is not None:
             name, axes, frame = _ngff_level(ngff[0], spec)
@@ -331,7 +336,7 @@ def _open_zarr(spec: InputSpec) -> ArrayReader:
     if axes is None:
         names = getattr(node.metadata, "dimension_names", None)
         axes = axis_letters(names) if names else None
-    return ArrayReader(node, location.display, axes, spec.cache_bytes, frame, kind)
+    return ArrayReader(node, location.display, axes, spec.cache_bytes, frame, kind, group_attributes=group)
 
 
 def _arrays(group: Any) -> list[str] | None:
