@@ -205,12 +205,15 @@ def compute_block(
     value_ranges: Sequence[ValueRange | None] | None = None,
     integer_input: bool = False,
     read_into: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray] | None = None,
-) -> np.ndarray:
+    accept: Callable[[np.ndarray], bool] | None = None,
+) -> np.ndarray | None:
     """The chain's output over ``block`` (one [start, stop) per axis), in ``compute_dtype``.
 
     ``integer_input``: the input holds integers (always finite). ``read_into(indices, out)``,
     if given, reads into ``out`` (converting): the first step's padded window is then read in
     place, its padding copied from the samples read, without a block-sized gather.
+    ``accept``: looks at the samples read; when it says no, None is returned (a block with
+    nodata, which ``compute_block_masked`` computes instead).
     """
     needs = needed_indices(steps, block)
     window: np.ndarray | None = None
@@ -222,10 +225,14 @@ def compute_block(
         ]
         window = _read_padded(read_into, needs[0], gathers, steps[0].config.cval, compute_dtype)
     if window is not None:
+        if accept is not None and not accept(window):
+            return None
         finite = integer_input or bool(np.isfinite(window).all())
         data = window
     else:
         raw = np.asarray(read(needs[0]))
+        if accept is not None and not accept(raw):
+            return None
         # Integers are always finite; float input is checked once. Every parameter (cval,
         # threshold values, weights) is finite, so finite input stays finite (overflow aside).
         finite = integer_input or raw.dtype.kind in "biu" or bool(np.isfinite(raw).all())
@@ -268,18 +275,29 @@ def compute_block_masked(
     compute_dtype: np.dtype,
     nodata: float | None,
     value_ranges: Sequence[ValueRange | None] | None = None,
+    integer_input: bool = False,
+    read_into: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``compute_block`` with nodata (README, "Nodata"): the chain's output over ``block`` and
     which of its samples are valid. A block whose samples are all valid runs exactly as
-    ``compute_block`` does; otherwise each step runs through ``convpipe.nodata`` on the data
-    (nodata samples set to 0, so kernels stay on their finite paths) and its validity."""
+    ``compute_block`` does, reading as it does; otherwise each step runs through
+    ``convpipe.nodata`` on the data (nodata samples set to 0, so kernels stay on their finite
+    paths) and its validity."""
+    plain = compute_block(
+        steps,
+        read,
+        block,
+        compute_dtype,
+        value_ranges,
+        integer_input,
+        read_into,
+        accept=lambda samples: bool(valid_samples(samples, nodata).all()),
+    )
+    if plain is not None:
+        return plain, np.ones(plain.shape, dtype=bool)
     needs = needed_indices(steps, block)
     raw = np.asarray(read(needs[0]))
     valid = valid_samples(raw, nodata)
-    if valid.all():
-        integer = raw.dtype.kind in "biu"
-        data = compute_block(steps, lambda _, samples=raw: samples, block, compute_dtype, value_ranges, integer)
-        return data, np.ones(data.shape, dtype=bool)
     data = raw.astype(compute_dtype)  # a copy: nodata samples are overwritten
     del raw
     data[~valid] = 0
@@ -300,12 +318,16 @@ def compute_block_masked(
             valid = np.ones(data.shape, dtype=bool)
             continue
         window, gathers = gather_window(step, data, needs[k], needs[k + 1])
+        del data  # the window (a view of it, or a gathered copy) holds what the step needs
         validity, _ = gather_window(step, valid.astype(compute_dtype), needs[k], needs[k + 1], cval=1.0)
+        del valid
         with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             result, ok = nodata_step(step.op, window, validity, tuple(a.stride for a in step.axes), value_range, policy)
+        del validity
         data, valid = _kept(result, gathers), _kept(ok, gathers)
         if not data.flags.writeable or np.may_share_memory(data, window):
             data = data.copy()
+        del window, result, ok
         data[~valid] = 0
     return data, valid
 

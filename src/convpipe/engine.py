@@ -87,14 +87,23 @@ class ChainJob:
             integer_input=integer,
             read_into=lambda indices, out: reader.read(indices, out=out),
         )
+        assert data is not None  # nothing refuses a block without ``accept``
         return data if self.output_dtype is None else to_dtype(data, self.output_dtype)
 
     def _masked_block(self, index: Sequence[int], value_ranges: Sequence[ValueRange | None]) -> np.ndarray:
         """The block with nodata samples written as ``output_nodata`` (NaN in a range pass,
         whose min and max ignore them)."""
         reader = reader_of(self.source)
+        integer = reader.dtype.kind in "biu"
         data, valid = compute_block_masked(
-            self.steps, reader.read, block_bounds(self.chunks, index), self.compute_dtype, self.nodata, value_ranges
+            self.steps,
+            functools.partial(reader.read, dtype=self.compute_dtype) if integer else reader.read,
+            block_bounds(self.chunks, index),
+            self.compute_dtype,
+            self.nodata,
+            value_ranges,
+            integer_input=integer,
+            read_into=lambda indices, out: reader.read(indices, out=out),
         )
         if self.output_dtype is None:
             data[~valid] = np.nan

@@ -60,19 +60,21 @@ def run(
         return apply_op(op, window, stride, value_range), valid[kept] > 0.5
     if isinstance(op, Rank):
         return _rank(op, window, valid, stride, policy)
-    components = op.components if isinstance(op, Gradient) else (op,)
-    if isinstance(op, Gradient) and not op.magnitude:
-        components = components[:1]
-    results, validity = [], []
-    for component in components:
+    magnitude = isinstance(op, Gradient) and op.magnitude
+    components = op.components if magnitude else (op.components[0],) if isinstance(op, Gradient) else (op,)
+    total: np.ndarray | None = None
+    valid_out: np.ndarray | None = None
+    for component in components:  # one at a time: a magnitude sums squares in place
         value, ok = (_ignore if policy.mode == "ignore" else _propagate)(component, window, valid, stride, policy)
-        results.append(value)
-        validity.append(ok)
-    ok = np.logical_and.reduce(validity)
-    if isinstance(op, Gradient) and op.magnitude:
-        total = sum(np.square(r) for r in results)
-        return np.sqrt(total).astype(window.dtype, copy=False), ok
-    return results[0], ok
+        if magnitude:
+            np.square(value, out=value)
+        total = value if total is None else np.add(total, value, out=total)
+        valid_out = ok if valid_out is None else np.logical_and(valid_out, ok, out=valid_out)
+        del value, ok
+    assert total is not None and valid_out is not None
+    if magnitude:
+        np.sqrt(total, out=total)
+    return total.astype(window.dtype, copy=False), valid_out
 
 
 def _footprint(kernel: Linear, values: np.ndarray, stride: Stride) -> np.ndarray:
@@ -103,20 +105,28 @@ def _propagate(
 def _ignore(
     kernel: Linear, window: np.ndarray, valid: np.ndarray, stride: Stride, policy: Policy
 ) -> tuple[np.ndarray, np.ndarray]:
+    """In place where it can: a block-sized array is 16 MiB, and each saved is one less."""
     weights = kernel.kernel()
     total, magnitude = float(weights.sum()), float(np.abs(weights).sum())
     v = valid.astype(window.dtype, copy=False)
     num, den = kernel.apply(window, stride), kernel.apply(v, stride)
-    if (weights >= 0).all():
-        weighted, share = num, den
-    else:
-        applicability = _absolute(kernel)
-        weighted, share = applicability.apply(window, stride), applicability.apply(v, stride)
-    ok = share >= (policy.min_valid - SHARE_TOLERANCE) * magnitude
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(ok, weighted / np.where(ok, share, 1), 0)
-    out = num + mean * (total - den)
-    return out.astype(window.dtype, copy=False), ok
+    threshold = (policy.min_valid - SHARE_TOLERANCE) * magnitude
+    if (weights >= 0).all():  # normalized convolution, times Σw: num · Σw / den
+        ok = den >= threshold
+        den[~ok] = 1
+        np.divide(num, den, out=num)
+        num *= num.dtype.type(total)
+        return num, ok
+    applicability = _absolute(kernel)
+    mean, share = applicability.apply(window, stride), applicability.apply(v, stride)
+    ok = share >= threshold
+    share[~ok] = 1
+    np.divide(mean, share, out=mean)  # the |w|-weighted mean of the window's valid samples
+    del share
+    np.subtract(num.dtype.type(total), den, out=den)  # Σ w·(1 − v)
+    den *= mean
+    num += den  # Σ w·x·v + m·Σ w·(1 − v)
+    return num, ok
 
 
 def _rank(

@@ -28,6 +28,10 @@ TARGET_BLOCK_BYTES = 16 * 2**20
 #: Per step, the engine holds the padded window and its result plus about two temporaries.
 ARRAYS_PER_STEP = 4
 
+#: And a block with nodata (README, "Nodata"): the validity window, the validity's response and
+#: for signed kernels under ``ignore`` the |w| pair, about four more.
+MASKED_ARRAYS_PER_STEP = 4
+
 #: What the convpipe process holds besides blocks: Python, numpy, Dask, zarr, OpenCV.
 PROCESS_BYTES = 120 * 2**20
 
@@ -224,6 +228,8 @@ class Plan:
         read = math.prod(extents[0]) * (self.input_dtype.itemsize + itemsize)
         work = max(math.prod(e) for e in extents) * itemsize * ARRAYS_PER_STEP
         written = math.prod(self.block_shape) * (itemsize + self.output_dtype.itemsize)
+        if self.masked:  # a block with nodata also carries its validity through every step
+            work += max(math.prod(e) for e in extents) * itemsize * MASKED_ARRAYS_PER_STEP
         chain = read + work + written
         if not self.storage.pyramid:
             return chain
