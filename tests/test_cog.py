@@ -200,6 +200,18 @@ def test_every_band_gets_its_overviews(tmp_path: Path, capsys: pytest.CaptureFix
     with tifffile.TiffFile(tmp_path / "out.tif") as tif:
         assert len(tif.series[0].levels) == 4
         assert_same_bits(tif.series[0].levels[2].asarray(), levels[2])
+    # Each band's statistics over its valid samples, where GDAL (gdalinfo, QGIS) reads them.
+    import rasterio
+
+    with rasterio.open(tmp_path / "out.tif") as cog_file:
+        for band in range(3):
+            valid = bands[band][bands[band] != 0].astype(np.float64)
+            tags = cog_file.tags(band + 1)
+            assert float(tags["STATISTICS_MINIMUM"]) == valid.min()
+            assert float(tags["STATISTICS_MAXIMUM"]) == valid.max()
+            assert float(tags["STATISTICS_MEAN"]) == pytest.approx(valid.mean(), rel=1e-12)
+            assert float(tags["STATISTICS_STDDEV"]) == pytest.approx(valid.std(), rel=1e-9)
+            assert float(tags["STATISTICS_VALID_PERCENT"]) == pytest.approx(100 * valid.size / bands[band].size)
 
 
 def test_an_image_within_one_tile_has_no_overviews_and_default_tiles_are_512(

@@ -167,6 +167,58 @@ class Overviews:
         return tiles
 
 
+class BandStatistics:
+    """Each band's minimum, maximum, mean, standard deviation and valid share over its
+    samples that are not nodata, gathered as the rows pass (Chan's pairwise update, in
+    float64), for GDAL's STATISTICS_* items: what ``gdalinfo -stats`` and QGIS read first."""
+
+    def __init__(self, bands: int, nodata: float | None) -> None:
+        self.nodata = nodata
+        self.count = np.zeros(bands)
+        self.total = np.zeros(bands)  # samples seen, valid or not
+        self.mean = np.zeros(bands)
+        self.m2 = np.zeros(bands)
+        self.low = np.full(bands, np.inf)
+        self.high = np.full(bands, -np.inf)
+
+    def add(self, band: int, plane: np.ndarray) -> None:
+        values = plane.astype(np.float64, copy=False).ravel()
+        keep = np.isfinite(values)
+        if self.nodata is not None and not np.isnan(self.nodata):
+            keep &= values != self.nodata
+        self.total[band] += values.size
+        values = values[keep]
+        if not values.size:
+            return
+        n, mean = values.size, float(values.mean())
+        m2 = float(np.square(values - mean).sum())
+        count = self.count[band]
+        delta = mean - self.mean[band]
+        self.mean[band] += delta * n / (count + n)
+        self.m2[band] += m2 + delta * delta * count * n / (count + n)
+        self.count[band] = count + n
+        self.low[band] = min(self.low[band], float(values.min()))
+        self.high[band] = max(self.high[band], float(values.max()))
+
+    def items(self) -> list[tuple[str, int, str]]:
+        """(name, band, value) for the bands with a valid sample."""
+        found = []
+        for band in range(len(self.count)):
+            if not self.count[band]:
+                continue
+            std = (self.m2[band] / self.count[band]) ** 0.5
+            share = 100.0 * self.count[band] / self.total[band]
+            for name, value in (
+                ("STATISTICS_MINIMUM", self.low[band]),
+                ("STATISTICS_MAXIMUM", self.high[band]),
+                ("STATISTICS_MEAN", self.mean[band]),
+                ("STATISTICS_STDDEV", std),
+                ("STATISTICS_VALID_PERCENT", share),
+            ):
+                found.append((name, band, f"{value:.17g}"))
+        return found
+
+
 def stage(
     rows: Iterator[list[np.ndarray]],
     partial: Path,
@@ -175,10 +227,13 @@ def stage(
     codec: str,
     resampling: str,
     nodata: float | None,
+    statistics: BandStatistics | None = None,
 ) -> list[cog.Level]:
     """Encode every level's tiles from rows of blocks (top to bottom, band after band; a
-    band's block is (1, rows, columns)) into one staging file per level."""
+    band's block is (1, rows, columns)) into one staging file per level; ``statistics``
+    sees every full-resolution sample on the way."""
     bands, height, width = (1, *shape) if len(shape) == 2 else shape
+    band = 0
     shapes = cog.level_shapes(height, width, tile)
     paths = [level_file(partial, k) for k in range(len(shapes))]
     counts = [np.zeros(cog.tile_count(s, tile, bands), np.uint64) for s in shapes]
@@ -193,6 +248,9 @@ def stage(
         builder, done = Overviews(len(shapes) - 1, tile, resampling, nodata), 0
         for blocks in rows:
             planes = [block.reshape(block.shape[-2:]) for block in blocks]
+            if statistics is not None:
+                for plane in planes:
+                    statistics.add(band, plane)
             done += planes[0].shape[0]
             batch = builder.feed(planes, last=done >= height)
             for (level, _), data in zip(batch, pool.map(encode, batch), strict=True):
@@ -200,15 +258,18 @@ def stage(
                 counts[level][filled[level]] = len(data)
                 filled[level] += 1
             if done >= height:
-                done, builder = 0, Overviews(len(shapes) - 1, tile, resampling, nodata)
+                done, builder, band = 0, Overviews(len(shapes) - 1, tile, resampling, nodata), band + 1
     if filled != [c.size for c in counts]:
         raise RunError(f"COG output: the rows ended after {filled[0]} of {counts[0].size} full-resolution tiles")
     return [cog.Level(s, p, c) for s, p, c in zip(shapes, paths, counts, strict=True)]
 
 
-def metadata_xml(metadata: dict[str, str]) -> str:
-    """GDAL's metadata tag, as the GeoTIFF output writes it."""
+def metadata_xml(metadata: dict[str, str], bands: list[tuple[str, int, str]] | None = None) -> str:
+    """GDAL's metadata tag, as the GeoTIFF output writes it, with per-band items."""
     items = "".join(f'<Item name="{escape(name)}">{escape(value)}</Item>' for name, value in metadata.items())
+    items += "".join(
+        f'<Item name="{escape(name)}" sample="{band}">{escape(value)}</Item>' for name, band, value in bands or ()
+    )
     return f"<GDALMetadata>{items}</GDALMetadata>"
 
 
@@ -232,6 +293,7 @@ class CogOutput(GeoTiffOutput):
         remove_leftovers(self.location)
         with staged(self.location, room) as partial:
             try:
+                statistics = BandStatistics(bands, cog.nodata_value(geo))
                 levels = stage(
                     rows,
                     partial,
@@ -240,8 +302,9 @@ class CogOutput(GeoTiffOutput):
                     plan.storage.codec,
                     plan.storage.overview_resampling,
                     cog.nodata_value(geo),
+                    statistics,
                 )
-                xml = metadata_xml({"convpipe": json.dumps({**record, "complete": True})})
+                xml = metadata_xml({"convpipe": json.dumps({**record, "complete": True})}, statistics.items())
                 samples = cog.Samples(bands, plan.output_dtype, tile, plan.storage.codec)
                 cog.write(partial, levels, samples, cog.main_tags(geo, xml), cog.overview_tags(geo))
             finally:
