@@ -16,7 +16,16 @@ not on the thread count, nor even on the chunk grid. Works for 2-D images and 3-
 Usage: python scripts/make_sample.py [--shape 16384 16384] [--chunks 512 512] [--seed 0]
        [--workers N] [--force] [OUT]          (OUT defaults to <project>/data/sample.zarr)
 
-Not part of the package; tests and benchmarks can load it by path and call make_sample().
+`--satellite` makes the input of configs/satellite-nodata.yaml instead: a tiled GeoTIFF of
+int16 surface reflectance x 10000 in blue, green, red and near infrared (bands, y, x; default
+4 x 2048 x 2048, a few seconds), UTM 33N at 10 m, with a diagonal swath edge and cloud holes
+marked nodata (GDAL_NODATA -9999); see "the satellite scene" below.
+
+       python scripts/make_sample.py --satellite [--shape [BANDS] Y X] [--chunks TY TX]
+       [--seed 0] [--workers N] [--force] [OUT]   (OUT defaults to <project>/data/satellite.tif)
+
+Not part of the package; tests and benchmarks can load it by path and call make_sample()
+or make_satellite().
 """
 
 from __future__ import annotations
@@ -29,10 +38,12 @@ import os
 import shutil
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import NamedTuple
+from xml.sax.saxutils import escape
 
 import numpy as np
 import zarr
@@ -450,6 +461,467 @@ def _default_chunks(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(min(c, s) for c, s in zip(want, shape, strict=True))
 
 
+# --- the satellite scene (--satellite) ------------------------------------------------------
+#
+# A multi-band surface-reflectance scene as a satellite user gets it, for the nodata example
+# (configs/satellite-nodata.yaml): int16 reflectance x 10000 in blue, green, red and near
+# infrared (the HLS convention), on a 10 m UTM grid, with a diagonal swath edge (right of it:
+# nodata) and masked clouds (nodata holes), GDAL_NODATA -9999. Land cover: soil and grassland
+# under fields on a shared cadastral orientation, centre-pivot circles, woods, lakes, a
+# meandering river and roads, each class with its own spectrum. Like the Zarr sample it is
+# drawn once from the seed and rendered tile by tile from global coordinates, so the file
+# depends only on seed, shape and tile size, and is written tile by tile in bounded memory.
+
+SATELLITE_OUT = Path(__file__).resolve().parent.parent / "data" / "satellite.tif"
+SATELLITE_SHAPE = (4, 2048, 2048)  # bands, y, x
+SATELLITE_TILE = (256, 256)
+SATELLITE_VERSION = 1
+SATELLITE_KEY = "convpipe_satellite_sample"  # GDAL metadata item recording the parameters
+SATELLITE_NODATA = -9999
+BANDS = ("blue", "green", "red", "nir")
+REFLECTANCE_SCALE = 1e-4  # reflectance = value x scale (GDAL's band scale)
+PIXEL_SIZE = 10.0  # metres
+ORIGIN = (399960.0, 5900040.0)  # upper-left corner (x, y) in UTM zone 33N
+# GeoKeyDirectory: version 1.1.0, 3 keys: projected model, pixel is area, EPSG:32633.
+GEOKEYS = (1, 1, 0, 3, 1024, 0, 1, 1, 1025, 0, 1, 1, 3072, 0, 1, 32633)
+# The swath edge runs from this fraction of the width at the top to this one at the bottom.
+SWATH_TOP, SWATH_BOTTOM = 0.66, 0.93
+N_CLOUDS = 7
+
+# Surface reflectance x 10000 per class: blue, green, red, near infrared.
+SPECTRA = np.array(
+    [
+        (600, 550, 350, 150),  # water
+        (1000, 1300, 1700, 2400),  # bare soil
+        (450, 800, 600, 3000),  # grassland
+        (300, 700, 350, 4500),  # green crop
+        (750, 1050, 1350, 2700),  # ripe crop
+        (250, 450, 250, 3300),  # forest
+        (1100, 1200, 1300, 1500),  # road
+    ],
+    dtype=np.float32,
+)
+WATER, SOIL, GRASS, CROP, RIPE, FOREST, ROAD = range(len(SPECTRA))
+
+# Primitive counts per 2048**2 pixels (scaled with the area, like the Zarr sample's).
+SAT_REF = 2048.0**2
+N_FIELDS, N_WOODS, N_PIVOTS, N_LAKES, N_ROADS = 400, 120, 12, 3, 30
+
+
+Meander = tuple[float, float, float]  # amplitude, wavelength (pixels), phase
+
+
+class Satellite(NamedTuple):
+    """Everything needed to render any tile of any band of the satellite scene."""
+
+    shape: tuple[int, int, int]  # bands, y, x
+    seed: int
+    ripples: list[tuple[float, np.ndarray, np.ndarray]]  # soil/grass mix of the background
+    fields: Primitives  # rotated rectangles; amp: brightness factor
+    field_class: np.ndarray
+    woods: Primitives  # Gaussian blobs; amp: canopy weight
+    discs: Primitives  # centre pivots and lakes
+    disc_class: np.ndarray
+    roads: Primitives  # thin rotated rectangles
+    river: tuple[float, float, float, tuple[Meander, ...]]  # y0, slope, half width, meanders
+    clouds: Primitives  # discs of nodata
+
+
+def _sat_count(n_ref: int, shape: Sequence[int], minimum: int) -> int:
+    return max(minimum, round(n_ref * math.prod(shape) / SAT_REF))
+
+
+def _rotated(
+    center: np.ndarray, angle: np.ndarray, half: np.ndarray, amp: np.ndarray
+) -> Primitives:
+    """2-D boxes at these angles: box axis 0 is (cos a, sin a) in (y, x)."""
+    cos, sin = np.cos(angle), np.sin(angle)
+    rot = np.stack([np.stack([cos, -sin], axis=1), np.stack([sin, cos], axis=1)], axis=1)
+    ext = np.einsum("nji,ni->nj", np.abs(rot), half)
+    return Primitives(center, amp, *_bounds(center, ext), rot=rot, half=half)
+
+
+def _discs(center: np.ndarray, radius: np.ndarray) -> Primitives:
+    amp = np.ones(len(radius))
+    return Primitives(
+        center, amp, *_bounds(center, radius[:, None]), radius=radius, inner=np.zeros(len(radius))
+    )
+
+
+def make_satellite_scene(shape: Sequence[int], seed: int) -> Satellite:
+    """Draw the scene from the seeded RNG (a stream of its own: not the Zarr sample's)."""
+    bands, height, width = (int(s) for s in shape)
+    plane = (height, width)
+    shp = np.asarray(plane, dtype=np.float64)
+    size = float(min(plane))
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 10]))
+
+    ripples = [
+        (float(rng.uniform(0.3, 0.6)), rng.uniform(1.0, 4.0, 2), rng.uniform(0, 2 * np.pi, 2))
+        for _ in range(3)
+    ]
+
+    # Fields share the land register's orientation, give or take 3 degrees; 150 m to 2 km.
+    grid = float(rng.uniform(0, np.pi / 2))
+    n = _sat_count(N_FIELDS, plane, 8)
+    center = rng.uniform(0, 1, (n, 2)) * shp
+    angle = grid + rng.normal(0, 0.05, n)
+    half = _log_uniform(rng, 8, max(8.0, min(100.0, size / 4)), 2 * n).reshape(n, 2)
+    fields = _rotated(center, angle, half, rng.uniform(0.85, 1.15, n))
+    field_class = rng.choice(np.array([SOIL, GRASS, CROP, RIPE]), n, p=[0.25, 0.2, 0.35, 0.2])
+
+    # Woods: canopy blobs, most in clusters.
+    n = _sat_count(N_WOODS, plane, 6)
+    n_clusters = max(1, n // 15)
+    cl_center = rng.uniform(0, 1, (n_clusters, 2)) * shp
+    spread = rng.uniform(0.02, 0.07, n_clusters) * size
+    which = rng.integers(0, n_clusters, n)
+    center = cl_center[which] + rng.standard_normal((n, 2)) * spread[which, None]
+    sigma = np.repeat(_log_uniform(rng, 5, max(5.0, min(40.0, size / 20)), n)[:, None], 2, axis=1)
+    woods = Primitives(center, rng.uniform(0.6, 1.6, n), *_bounds(center, 3 * sigma), sigma=sigma)
+
+    # Centre pivots (irrigated: green) and lakes.
+    n_pivots, n_lakes = _sat_count(N_PIVOTS, plane, 1), _sat_count(N_LAKES, plane, 1)
+    center = rng.uniform(0.05, 0.95, (n_pivots + n_lakes, 2)) * shp
+    radius = np.concatenate(
+        [
+            rng.uniform(20, 40, n_pivots),
+            _log_uniform(rng, 10, max(10.0, min(70.0, size / 6)), n_lakes),
+        ]
+    )
+    discs = _discs(center, np.minimum(radius, size / 6))
+    disc_class = np.array([CROP] * n_pivots + [WATER] * n_lakes)
+
+    # Roads: most along the land register, a few at any angle; two long ones cross the scene.
+    n = _sat_count(N_ROADS, plane, 3)
+    angle = np.where(
+        rng.random(n) < 0.7, grid + np.pi / 2 * rng.integers(0, 2, n), rng.uniform(0, np.pi, n)
+    )
+    half = np.stack(
+        [_log_uniform(rng, 60, max(60.0, min(1200.0, size / 2)), n), rng.uniform(0.6, 1.2, n)],
+        axis=1,
+    )
+    roads = _rotated(rng.uniform(0, 1, (n, 2)) * shp, angle, half, np.ones(n))
+    diagonal = float(np.hypot(*shp))
+    highways = _rotated(
+        rng.uniform(0.25, 0.75, (2, 2)) * shp,
+        rng.uniform(0, np.pi, 2),
+        np.stack([np.full(2, diagonal), rng.uniform(1.4, 2.0, 2)], axis=1),
+        np.ones(2),
+    )
+    roads = _concat(roads, highways)
+
+    # The river: a sine meander on a slow one, across the scene from left to right.
+    river = (
+        float(rng.uniform(0.3, 0.7) * height),
+        float(rng.uniform(-0.15, 0.15)),
+        float(np.clip(size * 0.004, 2.0, 10.0)),
+        (
+            (
+                float(rng.uniform(0.03, 0.07) * height),
+                float(rng.uniform(0.35, 0.6) * width),
+                float(rng.uniform(0, 2 * np.pi)),
+            ),
+            (
+                float(rng.uniform(0.01, 0.025) * height),
+                float(rng.uniform(0.08, 0.15) * width),
+                float(rng.uniform(0, 2 * np.pi)),
+            ),
+        ),
+    )
+
+    # Clouds: clumps of 3-7 discs, mostly inside the swath.
+    centers, radii = [], []
+    for _ in range(N_CLOUDS):
+        middle = np.array([rng.uniform(0.05, 0.95) * height, rng.uniform(0.03, 0.7) * width])
+        k = int(rng.integers(3, 8))
+        centers.append(middle + rng.standard_normal((k, 2)) * 0.03 * size)
+        radii.append(rng.uniform(0.012, 0.035, k) * size)
+    clouds = _discs(np.concatenate(centers), np.maximum(np.concatenate(radii), 1.5))
+
+    return Satellite(
+        shape=(bands, height, width),
+        seed=seed,
+        ripples=ripples,
+        fields=fields,
+        field_class=field_class,
+        woods=woods,
+        discs=discs,
+        disc_class=disc_class,
+        roads=roads,
+        river=river,
+        clouds=clouds,
+    )
+
+
+def _band_noise(seed: int, band: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Standard normal noise from fixed 256 x 256 tiles of the band (independent of the tiling)."""
+    edge = 256
+    out = np.empty(tuple(hi - lo), dtype=np.float32)
+    for tile in itertools.product(
+        *(range(a // edge, (b - 1) // edge + 1) for a, b in zip(lo, hi, strict=True))
+    ):
+        data = np.random.default_rng(
+            np.random.SeedSequence([seed, 11, band, *tile])
+        ).standard_normal((edge, edge), dtype=np.float32)
+        t_lo = np.asarray(tile) * edge
+        a, b = np.maximum(lo, t_lo), np.minimum(hi, t_lo + edge)
+        out[tuple(slice(x - o, y - o) for x, y, o in zip(a, b, lo, strict=True))] = data[
+            tuple(slice(x - o, y - o) for x, y, o in zip(a, b, t_lo, strict=True))
+        ]
+    return out
+
+
+def satellite_nodata(scene: Satellite, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
+    """Where the tile [lo, hi) is nodata (every band): right of the swath edge, or under a cloud."""
+    lo_a, hi_a = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+    _, height, width = scene.shape
+    y = (np.arange(lo_a[0], hi_a[0], dtype=np.float64)[:, None] + 0.5) / height
+    x = (np.arange(lo_a[1], hi_a[1], dtype=np.float64)[None, :] + 0.5) / width
+    mask = x > SWATH_TOP + (SWATH_BOTTOM - SWATH_TOP) * y
+    p = scene.clouds
+    for i in _hits(p, lo_a, hi_a):
+        r_lo, r_hi = _region(p, i, lo_a, hi_a)
+        r2 = sum(m * m for m in _axes(r_lo, r_hi, p.center[i]))
+        view = mask[tuple(slice(a, b) for a, b in zip(r_lo - lo_a, r_hi - lo_a, strict=True))]
+        view |= r2 <= p.radius[i] ** 2
+    return mask
+
+
+def render_satellite_tile(
+    scene: Satellite, band: int, lo: Sequence[int], hi: Sequence[int]
+) -> np.ndarray:
+    """Band ``band`` of the pixel range [lo, hi) (y, x) as int16; a pure function of its
+    arguments."""
+    lo_a, hi_a = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
+    _, height, width = scene.shape
+    spectrum = SPECTRA[:, band]
+
+    def view(r_lo: np.ndarray, r_hi: np.ndarray) -> np.ndarray:
+        return img[tuple(slice(a, b) for a, b in zip(r_lo - lo_a, r_hi - lo_a, strict=True))]
+
+    # Background: soil and grassland mixed by slow ripples.
+    u = [
+        (np.arange(a, b, dtype=np.float32) + np.float32(0.5)) / np.float32(n)
+        for a, b, n in zip(lo_a, hi_a, (height, width), strict=True)
+    ]
+    mesh = np.ix_(*u)
+    mix = np.full(tuple(hi_a - lo_a), 0.5, dtype=np.float32)
+    for amp, freq, phase in scene.ripples:
+        term = np.float32(amp / 2)
+        for f, ph, m in zip(freq, phase, mesh, strict=True):
+            term = term * np.cos(np.float32(2 * np.pi * f) * m + np.float32(ph))
+        mix += term
+    np.clip(mix, 0, 1, out=mix)
+    img = spectrum[SOIL] + mix * (spectrum[GRASS] - spectrum[SOIL])
+
+    p = scene.fields
+    for i in _box_hits(p, lo_a, hi_a):
+        r_lo, r_hi = _region(p, i, lo_a, hi_a)
+        mesh_i = _axes(r_lo, r_hi, p.center[i])
+        inside = True
+        for k in range(2):
+            q = sum(np.float32(p.rot[i][j, k]) * m for j, m in enumerate(mesh_i))
+            inside = inside & (np.abs(q) <= p.half[i][k])
+        view(r_lo, r_hi)[inside] = np.float32(spectrum[scene.field_class[i]] * p.amp[i])
+
+    p = scene.woods  # canopy cover: a sum of Gaussian blobs, mixed towards the forest spectrum
+    cover = np.zeros_like(img)
+    for i in _hits(p, lo_a, hi_a):
+        r_lo, r_hi = _region(p, i, lo_a, hi_a)
+        term = np.float32(p.amp[i])
+        for m, s in zip(_axes(r_lo, r_hi, p.center[i]), p.sigma[i], strict=True):
+            term = term * np.exp(np.float32(-0.5 / s**2) * m * m)
+        cover[tuple(slice(a, b) for a, b in zip(r_lo - lo_a, r_hi - lo_a, strict=True))] += term
+    np.clip(cover, 0, 1, out=cover)
+    img += cover * (spectrum[FOREST] - img)
+
+    p = scene.discs
+    for i in _hits(p, lo_a, hi_a):
+        r_lo, r_hi = _region(p, i, lo_a, hi_a)
+        r2 = sum(m * m for m in _axes(r_lo, r_hi, p.center[i]))
+        view(r_lo, r_hi)[r2 <= p.radius[i] ** 2] = spectrum[scene.disc_class[i]]
+
+    y0, slope, half, meanders = scene.river  # |y - centre(x)| scaled to the distance across
+    x = np.arange(lo_a[1], hi_a[1], dtype=np.float64)
+    centre = y0 + slope * x
+    d_centre = np.full_like(x, slope)
+    for amp, wavelength, phase in meanders:
+        w = 2 * np.pi / wavelength
+        centre += amp * np.sin(w * x + phase)
+        d_centre += amp * w * np.cos(w * x + phase)
+    reach = half * np.sqrt(1 + d_centre**2)
+    if (centre + reach).max() >= lo_a[0] and (centre - reach).min() < hi_a[0]:
+        y = np.arange(lo_a[0], hi_a[0], dtype=np.float64)[:, None]
+        img[np.abs(y - centre) <= reach] = spectrum[WATER]
+
+    p = scene.roads
+    for i in _box_hits(p, lo_a, hi_a):
+        r_lo, r_hi = _region(p, i, lo_a, hi_a)
+        mesh_i = _axes(r_lo, r_hi, p.center[i])
+        inside = True
+        for k in range(2):
+            q = sum(np.float32(p.rot[i][j, k]) * m for j, m in enumerate(mesh_i))
+            inside = inside & (np.abs(q) <= p.half[i][k])
+        view(r_lo, r_hi)[inside] = spectrum[ROAD]
+
+    # Sensor noise: 2 % of the signal plus 30 (0.003 reflectance).
+    img += (np.float32(0.02) * img + np.float32(30)) * _band_noise(scene.seed, band, lo_a, hi_a)
+    np.clip(img, 0, 10000, out=img)
+    np.rint(img, out=img)
+    out = img.astype(np.int16)
+    out[satellite_nodata(scene, lo_a, hi_a)] = SATELLITE_NODATA
+    return out
+
+
+def _satellite_metadata(shape: Sequence[int], tile: Sequence[int], seed: int) -> str:
+    """GDAL's metadata tag: this script's parameters, and each band's name and scale."""
+    record = json.dumps(
+        {"seed": seed, "shape": list(shape), "tile": list(tile), "version": SATELLITE_VERSION},
+        sort_keys=True,
+    )
+    items = [f'<Item name="{SATELLITE_KEY}">{escape(record)}</Item>']
+    for band in range(shape[0]):
+        items.append(
+            f'<Item name="DESCRIPTION" sample="{band}" role="description">{BANDS[band]}</Item>'
+        )
+        items.append(f'<Item name="SCALE" sample="{band}" role="scale">{REFLECTANCE_SCALE}</Item>')
+        items.append(f'<Item name="OFFSET" sample="{band}" role="offset">0</Item>')
+    return f"<GDALMetadata>{''.join(items)}</GDALMetadata>"
+
+
+def satellite_parameters(path: str | os.PathLike[str]) -> dict | None:
+    """The parameters a satellite scene at ``path`` was made with; None if it is not one."""
+    import xml.etree.ElementTree as ElementTree
+
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            tag = tif.pages.first.tags.get(42112)  # GDAL_METADATA
+            text = None if tag is None else str(tag.value)
+        if text is None:
+            return None
+        for item in ElementTree.fromstring(text).iter("Item"):
+            if item.get("name") == SATELLITE_KEY:
+                value = json.loads(item.text or "")
+                return value if isinstance(value, dict) else None
+    except (OSError, ValueError, ElementTree.ParseError, tifffile.TiffFileError):
+        return None
+    return None
+
+
+def is_satellite_complete(
+    path: str | os.PathLike[str], shape: Sequence[int], tile: Sequence[int], seed: int
+) -> bool:
+    """True if ``path`` holds a satellite scene made with these parameters (files are
+    published whole, so one that exists is complete)."""
+    a = satellite_parameters(path)
+    return bool(
+        a
+        and a.get("seed") == seed
+        and a.get("shape") == list(shape)
+        and a.get("tile") == list(tile)
+        and a.get("version") == SATELLITE_VERSION
+    )
+
+
+def make_satellite(
+    path: str | os.PathLike[str],
+    shape: Sequence[int] = SATELLITE_SHAPE,
+    tile: Sequence[int] = SATELLITE_TILE,
+    seed: int = 0,
+    *,
+    workers: int | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Path:
+    """Write the satellite scene (bands, y, x) to the GeoTIFF ``path``, replacing it.
+
+    Tiles are rendered in parallel and handed to tifffile in file order (all of band 0, then
+    band 1, ...), a few rows of tiles ahead, so memory holds no more than that whatever the
+    shape. The file is written beside ``path`` as ``NAME.partial`` and renamed when whole.
+    """
+    import tifffile
+
+    shape = tuple(int(s) for s in shape)
+    tile = tuple(int(t) for t in tile)
+    if len(shape) != 3 or not 1 <= shape[0] <= len(BANDS) or min(shape) < 1:
+        raise ValueError(f"need a shape (bands, y, x) with 1 to {len(BANDS)} bands, got {shape}")
+    if len(tile) != 2 or min(tile) < 16 or any(t % 16 for t in tile):
+        raise ValueError(f"need a tile (y, x) of multiples of 16, got {tile}")
+    say = log or (lambda _msg: None)
+    t0 = time.perf_counter()
+    scene = make_satellite_scene(shape, seed)
+    bands, height, width = shape
+    ranges = [
+        (band, lo, hi) for band in range(bands) for lo, hi in _chunk_ranges((height, width), tile)
+    ]
+    per_band = len(ranges) // bands
+    workers = workers or os.cpu_count() or 1
+    tags = [
+        (33550, "d", 3, (PIXEL_SIZE, PIXEL_SIZE, 0.0), True),  # ModelPixelScale
+        (33922, "d", 6, (0.0, 0.0, 0.0, *ORIGIN, 0.0), True),  # ModelTiepoint: corner of pixel 0, 0
+        (34735, "H", len(GEOKEYS), GEOKEYS, True),  # GeoKeyDirectory
+        (42112, "s", 0, _satellite_metadata(shape, tile, seed), True),  # GDAL_METADATA
+        (42113, "s", 0, str(SATELLITE_NODATA), True),  # GDAL_NODATA
+    ]
+
+    def tiles(pool: ThreadPoolExecutor) -> Iterator[np.ndarray]:
+        ahead = max(2 * workers, -(-width // tile[1]))  # about a row of tiles in flight
+        pending: deque = deque()
+        done = 0
+
+        def next_tile() -> np.ndarray:
+            nonlocal done
+            data = pending.popleft().result()
+            done += 1
+            if done % per_band == 0:
+                band = done // per_band
+                say(f"band {band}/{bands} ({BANDS[band - 1]}) {time.perf_counter() - t0:.1f} s")
+            return _padded(data, tile)
+
+        for band, lo, hi in ranges:
+            pending.append(pool.submit(render_satellite_tile, scene, band, lo, hi))
+            if len(pending) > ahead:
+                yield next_tile()
+        while pending:
+            yield next_tile()
+
+    target = Path(path)
+    partial = target.with_name(target.name + ".partial")
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            tifffile.imwrite(
+                partial,
+                data=tiles(pool),
+                shape=shape if bands > 1 else shape[1:],  # one band: a plain y, x image
+                dtype=np.int16,
+                tile=tile,
+                compression="zlib",
+                predictor=True,
+                photometric="minisblack",
+                planarconfig="separate" if bands > 1 else None,
+                bigtiff=math.prod(shape) * 2 > 2**32 - 2**28,
+                extratags=tags,
+                metadata=None,
+                maxworkers=workers,
+                buffersize=16 * 2**20,  # tiles compressed 16 MiB at a time
+            )
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def _padded(data: np.ndarray, tile: Sequence[int]) -> np.ndarray:
+    """An edge tile padded to the whole tile (the padding is outside the image)."""
+    if data.shape == tuple(tile):
+        return data
+    out = np.full(tuple(tile), SATELLITE_NODATA, dtype=data.dtype)
+    out[: data.shape[0], : data.shape[1]] = data
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """CLI entry point; returns the exit status."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -458,7 +930,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="?",
         default=None,
         metavar="OUT",
-        help=f"output Zarr v3 array (default: {DEFAULT_OUT})",
+        help=f"output Zarr v3 array (default: {DEFAULT_OUT}; with --satellite: {SATELLITE_OUT})",
     )
     # nargs="+" would swallow a following OUT ("--shape 2048 2048 out.zarr"), so sizes are
     # taken as strings and a trailing non-number is given back as OUT below.
@@ -466,18 +938,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--shape",
         nargs="+",
         metavar="N",
-        default=[str(n) for n in DEFAULT_SHAPE],
-        help="2 or 3 sizes (default: 16384 16384)",
+        default=None,
+        help="2 or 3 sizes (default: 16384 16384; with --satellite: bands y x, 4 2048 2048)",
     )
     ap.add_argument(
         "--chunks",
         nargs="+",
         metavar="N",
-        help="chunk sizes, one per axis (default: 512 512; 32 256 256 for 3-D)",
+        help="chunk sizes, one per axis (default: 512 512; 32 256 256 for 3-D; with --satellite: "
+        "the GeoTIFF's tile, 256 256)",
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--workers", type=int, default=None, help="threads (default: all cores)")
     ap.add_argument("--force", action="store_true", help="regenerate even if complete")
+    ap.add_argument(
+        "--satellite",
+        action="store_true",
+        help="make the satellite scene instead: a multi-band int16 reflectance GeoTIFF (UTM, "
+        "10 m) with a swath edge and cloud holes marked nodata (-9999)",
+    )
     args = ap.parse_args(argv)
 
     extra: list[str] = []
@@ -491,7 +970,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ap.error(f"{flag} needs integer sizes")
         return tuple(int(v) for v in values[:n])
 
-    shape = sizes(args.shape, "--shape")
+    if args.satellite:
+        return _satellite_main(ap, args, sizes, extra)
+    shape = sizes(args.shape or [str(n) for n in DEFAULT_SHAPE], "--shape")
     if len(shape) not in (2, 3):
         ap.error("--shape needs 2 or 3 sizes")
     chunks = sizes(args.chunks, "--chunks") if args.chunks else _default_chunks(shape)
@@ -539,6 +1020,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"make_sample: done in {time.perf_counter() - t0:.1f} s -> {out}")
     return 0
 
+
+def _satellite_main(
+    ap: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    sizes: Callable[[list[str], str], tuple[int, ...]],
+    extra: list[str],
+) -> int:
+    """``--satellite``: check the sizes, skip a complete scene, else (re)write it."""
+    shape = sizes(args.shape, "--shape") if args.shape else SATELLITE_SHAPE
+    if len(shape) == 2:
+        shape = (SATELLITE_SHAPE[0], *shape)
+    if len(shape) != 3 or not 1 <= shape[0] <= len(BANDS) or min(shape) < 1:
+        ap.error(f"--satellite --shape needs Y X or BANDS Y X, with 1 to {len(BANDS)} bands")
+    tile = sizes(args.chunks, "--chunks") if args.chunks else SATELLITE_TILE
+    if len(tile) != 2 or min(tile) < 16 or any(t % 16 for t in tile):
+        ap.error("--satellite --chunks needs a tile Y X, each a multiple of 16")
+    if args.out is not None:
+        extra.insert(0, args.out)
+    if len(extra) > 1:
+        ap.error(f"expected one OUT, got {extra}")
+    out = Path(extra[0]) if extra else SATELLITE_OUT
+    if out.exists():
+        if not args.force and is_satellite_complete(out, shape, tile, args.seed):
+            print(f"make_sample: {out} is complete, skipping (use --force to regenerate)")
+            return 0
+        # Only ever replace a scene this script wrote.
+        if not out.is_file() or satellite_parameters(out) is None:
+            print(
+                f"make_sample: {out} exists and is not a satellite scene of this script; "
+                "not touching it",
+                file=sys.stderr,
+            )
+            return 2
+        print(f"make_sample: replacing {out} ({'--force' if args.force else 'other parameters'})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    print(
+        f"make_sample: writing {out} shape={shape} (bands, y, x) tile={tile} seed={args.seed}",
+        flush=True,
+    )
+    t0 = time.perf_counter()
+    make_satellite(
+        out,
+        shape,
+        tile,
+        args.seed,
+        workers=args.workers,
+        log=lambda m: print(f"make_sample: {m}", flush=True),
+    )
+    print(f"make_sample: done in {time.perf_counter() - t0:.1f} s -> {out}")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -198,6 +198,110 @@ def test_axes_show_the_inputs_physical_units(tmp_path: Path, image: np.ndarray) 
     np.testing.assert_array_equal(result.input, image[:20, :20])
 
 
+# --- nodata --------------------------------------------------------------------------------
+
+MAGENTA = np.array([1.0, 0.0, 1.0])
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[matplotlib.figure.Figure]:
+    """Every figure the preview saves, to find a shown pixel in the PNG."""
+    figures: list[matplotlib.figure.Figure] = []
+    save = matplotlib.figure.Figure.savefig
+
+    def keep(figure: matplotlib.figure.Figure, *args: Any, **options: Any) -> None:
+        figures.append(figure)
+        save(figure, *args, **options)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    return figures
+
+
+def png_colours(png: np.ndarray, figure: matplotlib.figure.Figure, panel: int, mask: np.ndarray) -> np.ndarray:
+    """The PNG's RGB at the centre of each shown pixel of ``mask`` in panel ``panel`` (0: input,
+    1: output), through the figure's transforms; the outermost pixels, under the axes' frame,
+    are left out."""
+    axes = [ax for ax in figure.axes if ax.images][panel]
+    image = axes.images[0]
+    rows, cols = image.get_array().shape[:2]
+    left, right, bottom, top = image.get_extent()
+    inner = np.zeros_like(mask)
+    inner[1:-1, 1:-1] = True
+    r, c = np.nonzero(mask & inner)
+    points = np.column_stack([left + (c + 0.5) * (right - left) / cols, top + (r + 0.5) * (bottom - top) / rows])
+    display = axes.transData.transform(points)
+    return png[np.floor(png.shape[0] - display[:, 1]).astype(int), np.floor(display[:, 0]).astype(int), :3]
+
+
+def is_colour(rgb: np.ndarray, colour: np.ndarray = MAGENTA) -> np.ndarray:
+    return np.all(np.abs(rgb - colour) < 0.02, axis=-1)
+
+
+def test_nodata_is_drawn_in_the_nodata_colour_and_left_out_of_the_colour_range(
+    tmp_path: Path, drawn: list[matplotlib.figure.Figure]
+) -> None:
+    image = np.random.default_rng(8).integers(1000, 2000, size=(40, 50)).astype(np.int16)
+    image[10:24, 5:19] = -9999  # a cloud
+    image[:, 44:] = -9999  # beyond the swath edge
+    path = write_zarr(tmp_path / "in.zarr", image, (16, 16))
+    config = make_config(path, [{"filter": "gaussian", "sigma": 1, "nodata": "ignore"}], nodata=-9999)
+    result = preview(config, tmp_path / "p.png")
+    hole = image == -9999
+    np.testing.assert_array_equal(result.input, image)  # shown pixel for pixel, as stored
+    np.testing.assert_array_equal(result.input_nodata, hole)
+    output = full_output(config)
+    np.testing.assert_array_equal(result.output_nodata, output == -9999)  # the value the run writes
+    assert result.output_nodata[12:22, 7:17].all() and result.output_nodata[:, 45:].all()
+    # Colours span the valid samples' percentiles: -9999 is not the bottom of the range.
+    low, high = result.input_limits
+    assert (low, high) == pytest.approx(tuple(np.percentile(image[~hole], [1, 99])))
+    low, high = result.output_limits
+    valid = output[output != -9999]
+    assert (low, high) == pytest.approx(tuple(np.percentile(valid, [1, 99])))
+    assert low > 1000
+    # The PNG: magenta where nodata, grey elsewhere, in both panels; the titles say so.
+    png = imread(result.path)
+    (figure,) = drawn
+    for panel, nodata in enumerate((result.input_nodata, result.output_nodata)):
+        assert is_colour(png_colours(png, figure, panel, nodata)).all()
+        assert not is_colour(png_colours(png, figure, panel, ~nodata)).any()
+    share = 100 * hole.mean()
+    assert f"magenta: nodata (-9999), {share:.1f} %" in result.input_title
+    assert "magenta: nodata (-9999)" in result.output_title
+
+
+def test_nan_is_nodata_and_a_shrunk_pixel_is_the_mean_of_its_valid_samples(
+    tmp_path: Path, drawn: list[matplotlib.figure.Figure]
+) -> None:
+    image = np.random.default_rng(9).random((40, 50)).astype(np.float32)
+    image[0:10, 0:12] = np.nan  # two whole 5x5 cells and a part of a third
+    image[20, 20] = -np.inf
+    path = write_zarr(tmp_path / "in.zarr", image, (16, 16))
+    # A float input without a declared value: NaN and infinities are nodata once a step ignores them.
+    config = make_config(path, [{"filter": "box", "size": 3, "nodata": "ignore"}])
+    result = preview(config, tmp_path / "p.png", max_size=10, nodata_colour="cyan")
+    cells = image.reshape(8, 5, 10, 5).transpose(0, 2, 1, 3).reshape(8, 10, 25)
+    good = np.isfinite(cells)
+    means = np.where(good, cells, 0).sum(axis=2) / np.maximum(good.sum(axis=2), 1)
+    expected = np.where(good.any(axis=2), means, np.nan)
+    np.testing.assert_allclose(result.input, expected, rtol=1e-6)
+    np.testing.assert_array_equal(result.input_nodata, ~good.any(axis=2))
+    assert result.input_nodata[:2, :2].all() and not result.input_nodata[:2, 2:].any()
+    assert result.input_limits[0] >= 0 and np.isfinite(result.input_limits).all()
+    png = imread(result.path)
+    cyan = np.array([0.0, 1.0, 1.0])
+    assert is_colour(png_colours(png, drawn[0], 0, result.input_nodata), cyan).all()
+    assert not is_colour(png_colours(png, drawn[0], 0, ~result.input_nodata), cyan).any()
+    assert "cyan: nodata (NaN, ±inf)" in result.input_title
+    assert "cyan: nodata (NaN)" in result.output_title
+
+
+def test_without_nodata_nothing_is_masked(tmp_path: Path, zarr_input: Path) -> None:
+    result = preview(make_config(zarr_input, CHAIN), tmp_path / "p.png")
+    assert result.input_nodata is None and result.output_nodata is None
+    assert "magenta" not in result.input_title + result.output_title
+
+
 # --- 3-D and non-spatial axes --------------------------------------------------------------
 
 

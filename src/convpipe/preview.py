@@ -27,6 +27,14 @@ Which pixels are shown:
   ``max_size``; a small region is shown pixel for pixel.
 * Contrast: each panel's colours span its own 1st to 99th percentile (``percentiles``); values
   beyond are drawn in the end colours (the colour bar's arrows).
+* Nodata: when the plan tracks nodata (``Plan.masked``: the input declares a value, or a float
+  input's steps ``ignore`` or ``fill`` it), nodata samples are drawn in ``nodata_colour``
+  (magenta) in both panels and left out of the percentiles, and each title says the colour
+  and the share of the panel it covers. In the input they are the samples equal to
+  ``Plan.nodata``, and NaN and infinities in a float input; in the output, the samples equal
+  to ``Plan.output_nodata`` (what the run writes for them), and NaN in a float output. A
+  shrunk pixel is the mean of its valid samples, nodata when it has none (as the COG's
+  ``average`` overviews).
 
 A chain with ``rescale`` still needs its global range pass over the whole image first.
 """
@@ -60,6 +68,9 @@ if TYPE_CHECKING:
 #: Default longest side of a panel, in shown pixels.
 MAX_SIZE = 1024
 
+#: What nodata samples are drawn in: a colour no grey map (the default) and few others use.
+NODATA_COLOUR = "magenta"
+
 #: Panels are drawn at least this many screen pixels along the long side (small regions are
 #: enlarged, pixel for pixel, with nearest-neighbour interpolation).
 MIN_DRAWN = 512
@@ -90,6 +101,10 @@ class PreviewResult:
     pixel coordinates (pixel i's centre is at i), as ``matplotlib.pyplot.imshow`` takes them;
     the drawn axes show the input's physical coordinates instead when its file has them (OME-Zarr,
     OME-TIFF, GeoTIFF), as ``axis_labels`` says. Limits are each panel's colour range.
+
+    ``input_nodata`` and ``output_nodata`` are the panels' nodata masks (True: drawn in the
+    nodata colour), None when the plan tracks no nodata. Where a shrunk panel is nodata its
+    array holds NaN; shown pixel for pixel it holds the sample as stored (-9999, say).
     """
 
     path: Path
@@ -107,6 +122,8 @@ class PreviewResult:
     output_title: str
     axis_labels: tuple[str, str]
     seconds: float
+    input_nodata: np.ndarray | None = None
+    output_nodata: np.ndarray | None = None
 
 
 # --- which samples --------------------------------------------------------------------------
@@ -307,7 +324,49 @@ def _shrink(array: da.Array, factor: int) -> da.Array:
     return da.coarsen(np.mean, array, factors, trim_excess=True)
 
 
-def _limits(data: np.ndarray, percentiles: tuple[float, float]) -> tuple[float, float]:
+def _nodata_mask(part: da.Array, value: float | None, non_finite: bool) -> da.Array | None:
+    """Where ``part`` is nodata: equal to ``value`` (a number), or NaN (``non_finite``: and
+    infinite) in a float array. None when nothing can be."""
+    mask = None
+    if part.dtype.kind == "f":
+        import dask.array as da
+
+        mask = ~da.isfinite(part) if non_finite else da.isnan(part)
+    if value is not None and not math.isnan(value):
+        equal = part == value
+        mask = equal if mask is None else mask | equal
+    return mask
+
+
+def _masks(plan: Plan, input_part: da.Array, output_part: da.Array) -> tuple[da.Array | None, da.Array | None]:
+    """The nodata masks of the two panels (see the module's docstring); None: no nodata."""
+    if not plan.masked:
+        return None, None
+    return (
+        _nodata_mask(input_part, plan.nodata, non_finite=True),
+        _nodata_mask(output_part, plan.output_nodata, non_finite=False),
+    )
+
+
+def _shrink_masked(array: da.Array, nodata: da.Array, factor: int) -> tuple[da.Array, da.Array]:
+    """The mean of the valid samples of each factor x factor cell, NaN and nodata where none is."""
+    if factor == 1:
+        return array, nodata
+    import dask.array as da
+
+    factors = {axis: min(factor, n) for axis, n in enumerate(array.shape)}
+    valid = ~nodata
+    total = da.coarsen(np.sum, da.where(valid, array.astype(np.float64), 0.0), factors, trim_excess=True)
+    count = da.coarsen(np.sum, valid.astype(np.int64), factors, trim_excess=True)
+    return da.where(count > 0, total / da.maximum(count, 1), np.nan), count == 0
+
+
+def _limits(
+    data: np.ndarray, percentiles: tuple[float, float], nodata: np.ndarray | None = None
+) -> tuple[float, float]:
+    """The panel's colour range: the percentiles of its finite samples that are not nodata."""
+    if nodata is not None:
+        data = data[~nodata]
     finite = data[np.isfinite(data)] if data.dtype.kind == "f" else data.ravel()
     if finite.size == 0:
         return 0.0, 1.0
@@ -348,11 +407,20 @@ def _chain_text(plan: Plan) -> str:
     return " → ".join(names)
 
 
-def _titles(plan: Plan, selection: Selection, region: bool, factors: tuple[int, int], path: str) -> tuple[str, str]:
-    """Each panel's title: what it is, then which part of it is shown."""
+def _titles(
+    plan: Plan,
+    selection: Selection,
+    region: bool,
+    factors: tuple[int, int],
+    path: str,
+    notes: tuple[str | None, str | None] = (None, None),
+) -> tuple[str, str]:
+    """Each panel's title: what it is, then which part of it is shown (and its nodata note)."""
     rows, cols = selection.rows, selection.cols
 
-    def describe(index: Index, shape: tuple[int, ...], dtype: np.dtype, factor: int, fixed: list[str]) -> str:
+    def describe(
+        index: Index, shape: tuple[int, ...], dtype: np.dtype, factor: int, fixed: list[str], note: str | None
+    ) -> str:
         whole = f"{'×'.join(str(shape[d]) for d in (rows, cols))} {dtype}"
         parts = list(fixed)
         if region:
@@ -363,18 +431,35 @@ def _titles(plan: Plan, selection: Selection, region: bool, factors: tuple[int, 
             parts.append(f"all {whole}")
         if factor > 1:
             parts.append(f"mean of {factor}×{factor} px")
+        if note:
+            parts.append(note)
         return ", ".join(parts)
 
     fixed_in = [f"{letter} {i}" + (f" ({why})" if why else "") for letter, i, _, why in selection.fixed]
     fixed_out = [f"{letter} {o}" for letter, _, o, _ in selection.fixed]
     input_title = f"input {path}\n" + describe(
-        selection.input_index, plan.input_shape, plan.input_dtype, factors[0], fixed_in
+        selection.input_index, plan.input_shape, plan.input_dtype, factors[0], fixed_in, notes[0]
     )
     chain = textwrap.fill(f"output after {_chain_text(plan)}", 70)
     output_title = f"{chain}\n" + describe(
-        selection.output_index, plan.output_shape, plan.output_dtype, factors[1], fixed_out
+        selection.output_index, plan.output_shape, plan.output_dtype, factors[1], fixed_out, notes[1]
     )
     return input_title, output_title
+
+
+def _nodata_note(nodata: np.ndarray | None, words: list[str], colour: str) -> str | None:
+    """The title's legend for the nodata colour: which values, and how much of the panel."""
+    if nodata is None:
+        return None
+    share = 100 * float(nodata.mean()) if nodata.size else 0.0
+    return f"{colour}: nodata ({', '.join(words)}), {share:.1f} %"
+
+
+def _nodata_words(value: float | None, float_data: bool, non_finite: bool) -> list[str]:
+    words = [f"{value:g}"] if value is not None and not math.isnan(value) else []
+    if float_data and (non_finite or not words):
+        words.append("NaN, ±inf" if non_finite else "NaN")
+    return words
 
 
 @dataclass(frozen=True)
@@ -384,6 +469,7 @@ class _Panel:
     limits: tuple[float, float]
     title: str
     colour_label: str
+    nodata: np.ndarray | None = None  # True where the panel is nodata
 
 
 def _draw(
@@ -393,14 +479,17 @@ def _draw(
     axis_maps: tuple[tuple[float, float], tuple[float, float]],
     heading: str,
     cmap: str,
+    nodata_colour: str = NODATA_COLOUR,
 ) -> None:
     """Write the figure to ``target`` (PNG), without pyplot: no display, no global state.
 
     The layout is fixed in inches (no layout engine), so each panel's image gets exactly its
     size: about one PNG pixel per shown pixel (small regions enlarged to MIN_DRAWN), text
     growing with the picture through the dpi. Extents are in input pixels; ``axis_maps``
-    gives the axes' (scale, translation) from input pixels to what the axes show.
+    gives the axes' (scale, translation) from input pixels to what the axes show. A panel's
+    nodata samples are drawn in ``nodata_colour`` (the colour map's "bad" colour).
     """
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     (sy, ty), (sx, tx) = axis_maps
@@ -429,9 +518,14 @@ def _draw(
         x, y = x0, MARGIN_BOTTOM + (box_h - image_h) / 2
         ax = fig.add_axes((x / fig_w, y / fig_h, image_w / fig_w, image_h / fig_h), sharex=first, sharey=first)
         first = first or ax
+        colours = colormaps[cmap]
+        data: np.ndarray = panel.data
+        if panel.nodata is not None:
+            colours = colours.with_extremes(bad=nodata_colour)
+            data = np.ma.masked_array(panel.data, mask=panel.nodata)
         image = ax.imshow(
-            panel.data,
-            cmap=cmap,
+            data,
+            cmap=colours,
             vmin=panel.limits[0],
             vmax=panel.limits[1],
             extent=(
@@ -511,6 +605,7 @@ def preview(
     max_size: int = MAX_SIZE,
     percentiles: tuple[float, float] = (1.0, 99.0),
     cmap: str = "gray",
+    nodata_colour: str = NODATA_COLOUR,
 ) -> PreviewResult:
     """Draw the input and the chain's output side by side into the PNG ``output_png``.
 
@@ -518,7 +613,8 @@ def preview(
     ``region``: ``"y0:y1,x0:x1"`` (``"z0:z1,y0:y1,x0:x1"`` for 3-D) in input pixels, or a
     tuple of slices like ``numpy.s_[0:512, 0:512]``; only the blocks it needs are computed.
     None: an overview of the whole image, shrunk by block-wise means to ``max_size`` pixels.
-    The rules for which samples are shown are in this module's docstring.
+    The rules for which samples are shown, and how nodata is drawn (in ``nodata_colour``, any
+    matplotlib colour), are in this module's docstring.
 
     The PNG is written under a temporary name beside ``output_png`` and renamed at the end,
     so a failure leaves no half-written file; an existing PNG is replaced. Errors: ConfigError
@@ -550,7 +646,12 @@ def preview(
     input_part = source[selection.input_index]
     output_part = to_dask(plan, input_spec(config, plan))[selection.output_index]
     factors = (shrink_factor(*input_part.shape, max_size), shrink_factor(*output_part.shape, max_size))
-    shown_input, shown_output = dask.compute(_shrink(input_part, factors[0]), _shrink(output_part, factors[1]))
+    masks = _masks(plan, input_part, output_part)
+    lazy = [
+        (_shrink(part, factor), None) if mask is None else _shrink_masked(part, mask, factor)
+        for part, mask, factor in zip((input_part, output_part), masks, factors, strict=True)
+    ]
+    (shown_input, input_nodata), (shown_output, output_nodata) = dask.compute(*lazy)
 
     rows, cols = selection.rows, selection.cols
     in_rows, in_cols = selection.input_index[rows], selection.input_index[cols]
@@ -562,8 +663,18 @@ def preview(
         in_rows.start - 0.5,
     )
     output_extent = _output_extent(plan, selection, shown_output.shape, factors[1])
-    limits = (_limits(shown_input, percentiles), _limits(shown_output, percentiles))
-    titles = _titles(plan, selection, region is not None, factors, _show_path(config.input.path))
+    limits = (_limits(shown_input, percentiles, input_nodata), _limits(shown_output, percentiles, output_nodata))
+    notes = (
+        _nodata_note(
+            input_nodata, _nodata_words(plan.nodata, plan.input_dtype.kind == "f", non_finite=True), nodata_colour
+        ),
+        _nodata_note(
+            output_nodata,
+            _nodata_words(plan.output_nodata, plan.output_dtype.kind == "f", non_finite=False),
+            nodata_colour,
+        ),
+    )
+    titles = _titles(plan, selection, region is not None, factors, _show_path(config.input.path), notes)
     heading = f"convpipe preview of {_show_path(config.source)}" if config.source else "convpipe preview"
     labels, axis_maps = _axes_units(plan, rows, cols)
     colour_labels = (_colour_label(plan.input_dtype, percentiles), _colour_label(plan.output_dtype, percentiles))
@@ -574,13 +685,14 @@ def preview(
         _draw(
             temporary,
             [
-                _Panel(shown_input, input_extent, limits[0], titles[0], colour_labels[0]),
-                _Panel(shown_output, output_extent, limits[1], titles[1], colour_labels[1]),
+                _Panel(shown_input, input_extent, limits[0], titles[0], colour_labels[0], input_nodata),
+                _Panel(shown_output, output_extent, limits[1], titles[1], colour_labels[1], output_nodata),
             ],
             labels,
             axis_maps,
             heading,
             cmap,
+            nodata_colour,
         )
         os.replace(temporary, target)
     except OSError as error:
@@ -603,6 +715,8 @@ def preview(
         output_title=titles[1],
         axis_labels=labels,
         seconds=time.perf_counter() - started,
+        input_nodata=input_nodata,
+        output_nodata=output_nodata,
     )
 
 
