@@ -199,6 +199,7 @@ def test_the_config_writes_a_valid_cog_with_overviews(edges: Path) -> None:
         assert dataset.crs.to_epsg() == 32633
         assert dataset.transform[:6] == (10.0, 0.0, 399960.0, 0.0, -10.0, 5900040.0)
         assert dataset.nodata == -9999
+        assert dataset.descriptions == ("blue", "green", "red")  # the input's band names, kept
         assert all(dataset.overviews(band) == [2, 4] for band in range(1, SHAPE[0] + 1))
         assert dataset.block_shapes[0] == (128, 128)
     for level, size in enumerate((256, 128)):

@@ -264,13 +264,16 @@ def stage(
     return [cog.Level(s, p, c) for s, p, c in zip(shapes, paths, counts, strict=True)]
 
 
-def metadata_xml(metadata: dict[str, str], bands: list[tuple[str, int, str]] | None = None) -> str:
-    """GDAL's metadata tag, as the GeoTIFF output writes it, with per-band items."""
+def metadata_xml(
+    metadata: dict[str, str], bands: list[tuple[str, int, str]] | None = None, geo: GeoInfo | None = None
+) -> str:
+    """GDAL's metadata tag, as the GeoTIFF output writes it, with per-band items and the
+    bands' descriptions."""
     items = "".join(f'<Item name="{escape(name)}">{escape(value)}</Item>' for name, value in metadata.items())
     items += "".join(
         f'<Item name="{escape(name)}" sample="{band}">{escape(value)}</Item>' for name, band, value in bands or ()
     )
-    return f"<GDALMetadata>{items}</GDALMetadata>"
+    return f"<GDALMetadata>{items}{geo.band_items() if geo is not None else ''}</GDALMetadata>"
 
 
 class CogOutput(GeoTiffOutput):
@@ -304,7 +307,7 @@ class CogOutput(GeoTiffOutput):
                     cog.nodata_value(geo),
                     statistics,
                 )
-                xml = metadata_xml({"convpipe": json.dumps({**record, "complete": True})}, statistics.items())
+                xml = metadata_xml({"convpipe": json.dumps({**record, "complete": True})}, statistics.items(), geo)
                 samples = cog.Samples(bands, plan.output_dtype, tile, plan.storage.codec)
                 cog.write(partial, levels, samples, cog.main_tags(geo, xml), cog.overview_tags(geo))
             finally:

@@ -47,6 +47,7 @@ class GeoInfo:
     geo_doubles: tuple[float, ...] | None = None
     geo_ascii: str | None = None
     nodata: str | None = None
+    bands: tuple[str, ...] = ()  # each band's description (GDAL's), "" where it has none
 
     @property
     def crs(self) -> str | None:
@@ -82,7 +83,7 @@ class GeoInfo:
             gt[4] * x.scale,
             gt[5] * y.scale,
         )
-        return GeoInfo(moved, _as_area(self.geokeys), self.geo_doubles, self.geo_ascii, self.nodata)
+        return GeoInfo(moved, _as_area(self.geokeys), self.geo_doubles, self.geo_ascii, self.nodata, self.bands)
 
     def for_dtype(self, dtype: np.dtype) -> GeoInfo:
         """Without the nodata value if ``dtype`` cannot hold it (-9999 in uint8, say)."""
@@ -108,7 +109,18 @@ class GeoInfo:
             record["geo_doubles"] = list(self.geo_doubles)
         if self.geo_ascii:
             record["geo_ascii"] = self.geo_ascii
+        if any(self.bands):
+            record["bands"] = list(self.bands)
         return record
+
+    def band_items(self) -> str:
+        """GDAL's metadata items naming the bands (``gdalinfo``'s "Description", QGIS's band
+        names)."""
+        return "".join(
+            f'<Item name="DESCRIPTION" sample="{band}" role="description">{escape(name)}</Item>'
+            for band, name in enumerate(self.bands)
+            if name
+        )
 
     def tags(self) -> list[tuple[int, str, int, Any, bool]]:
         """The TIFF tags that say all this, for tifffile's ``extratags``."""
@@ -191,7 +203,28 @@ def read_geo(tif: Any, axes: str | None, series: int = 0, level: int = 0) -> Geo
         tuple(float(v) for v in doubles.value) if doubles is not None else None,
         str(ascii_params.value) if ascii_params is not None else None,
         str(nodata.value).strip("\x00 ") if nodata is not None else None,
+        band_descriptions(tif.series[series].keyframe, axes),
     )
+
+
+def band_descriptions(page: Any, axes: str | None) -> tuple[str, ...]:
+    """Each band's description from GDAL's metadata tag (``role="description"`` items), for
+    an image with a band axis; () when there is none."""
+    import xml.etree.ElementTree as ElementTree
+
+    tag = page.tags.get(GDAL_METADATA)
+    if tag is None or axes is None or "c" not in axes:
+        return ()
+    try:
+        root = ElementTree.fromstring(str(tag.value))
+    except ElementTree.ParseError:
+        return ()
+    found = {}
+    for item in root.iter("Item"):
+        sample = item.get("sample")
+        if item.get("role") == "description" and sample is not None and sample.isdigit():
+            found[int(sample)] = item.text or ""
+    return tuple(found.get(band, "") for band in range(max(found) + 1)) if found else ()
 
 
 def gdal_metadata(page: Any) -> dict[str, str]:
@@ -254,7 +287,7 @@ def write(
     items = "".join(f'<Item name="{escape(name)}">{escape(value)}</Item>' for name, value in metadata.items())
     tags = [
         *(geo.tags() if geo is not None else ()),
-        (GDAL_METADATA, "s", 0, f"<GDALMetadata>{items}</GDALMetadata>", True),
+        (GDAL_METADATA, "s", 0, f"<GDALMetadata>{items}{geo.band_items() if geo else ''}</GDALMetadata>", True),
     ]
     bigtiff = math.prod(shape) * np.dtype(dtype).itemsize > CLASSIC_TIFF_LIMIT
     try:
