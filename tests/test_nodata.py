@@ -372,3 +372,21 @@ def test_ignore_matches_astropys_interpolating_convolution(padding: str, boundar
     valid = ~np.isnan(ours)
     assert valid.sum() > 0.75 * valid.size  # all but the swath's far side
     np.testing.assert_allclose(ours[valid], theirs[valid], rtol=1e-10, atol=1e-9)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.sampled_from(["float32", "float64", "uint16", "int16"]),
+    st.lists(st.sampled_from([0.0, 1.0, -9999.0, 7.5, 65535.0, np.nan, np.inf, -np.inf]), min_size=0, max_size=12),
+    st.sampled_from([None, -9999.0, 0.0, 7.5, np.nan]),
+)
+def test_the_quick_all_valid_check_agrees_with_the_mask(dtype: str, values: list[float], nodata: float | None) -> None:
+    from convpipe.block import all_valid, valid_samples
+
+    data = np.array(values, dtype=np.float64)
+    if np.dtype(dtype).kind != "f":
+        data = data[np.isfinite(data)]
+        info = np.iinfo(dtype)
+        data = data[(data >= info.min) & (data <= info.max)]
+    data = data.astype(dtype)
+    assert all_valid(data, nodata) == bool(valid_samples(data, nodata).all())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -205,39 +206,31 @@ def compute_block(
     value_ranges: Sequence[ValueRange | None] | None = None,
     integer_input: bool = False,
     read_into: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray] | None = None,
-    accept: Callable[[np.ndarray], bool] | None = None,
-) -> np.ndarray | None:
+    first: FirstWindow | None = None,
+) -> np.ndarray:
     """The chain's output over ``block`` (one [start, stop) per axis), in ``compute_dtype``.
 
     ``integer_input``: the input holds integers (always finite). ``read_into(indices, out)``,
     if given, reads into ``out`` (converting): the first step's padded window is then read in
-    place, its padding copied from the samples read, without a block-sized gather.
-    ``accept``: looks at the samples read; when it says no, None is returned (a block with
-    nodata, which ``compute_block_masked`` computes instead).
+    place, its padding copied from the samples read, without a block-sized gather. ``first``:
+    that window, already read (and its finiteness known).
     """
     needs = needed_indices(steps, block)
+    if first is None:
+        first = first_window(steps, needs, read_into, compute_dtype)
     window: np.ndarray | None = None
-    if read_into is not None and steps and all(len(w) for w in needs[1]):
-        first = steps[0]
-        gathers = [
-            axis_gather(w, h, axis, first.config.padding)
-            for w, h, axis in zip(needs[1], needs[0], first.axes, strict=True)
-        ]
-        window = _read_padded(read_into, needs[0], gathers, steps[0].config.cval, compute_dtype)
-    if window is not None:
-        if accept is not None and not accept(window):
-            return None
-        finite = integer_input or bool(np.isfinite(window).all())
+    if first is not None:
+        window, gathers = first.window, first.gathers
+        finite = integer_input or (first.finite if first.finite is not None else bool(np.isfinite(window).all()))
         data = window
     else:
         raw = np.asarray(read(needs[0]))
-        if accept is not None and not accept(raw):
-            return None
         # Integers are always finite; float input is checked once. Every parameter (cval,
         # threshold values, weights) is finite, so finite input stays finite (overflow aside).
         finite = integer_input or raw.dtype.kind in "biu" or bool(np.isfinite(raw).all())
         data = raw.astype(compute_dtype, copy=False)
         del raw  # the input samples, if converted: not held while the steps run
+    del first
     for k, step in enumerate(steps):
         value_range = value_ranges[k] if value_ranges is not None else None
         if k == 0 and window is not None:
@@ -254,6 +247,47 @@ def compute_block(
         if value_range is not None and not all(math.isfinite(v) for v in value_range):
             finite = False  # rescaling by an infinite range makes NaN of finite pixels
     return data
+
+
+@dataclass
+class FirstWindow:
+    """The first step's padded window, read in place, with its gathers."""
+
+    window: np.ndarray
+    gathers: list[AxisGather]
+    finite: bool | None = None  # None: not looked at yet
+
+
+def first_window(
+    steps: Sequence[StepPlan],
+    needs: Sequence[Sequence[np.ndarray]],
+    read_into: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray] | None,
+    compute_dtype: np.dtype,
+) -> FirstWindow | None:
+    """The first step's padded window read straight from storage, or None where that is not
+    possible (no ``read_into``, a block whose outputs all come from padding, ``wrap``)."""
+    if read_into is None or not steps or not all(len(w) for w in needs[1]):
+        return None
+    step = steps[0]
+    gathers = [
+        axis_gather(w, h, axis, step.config.padding) for w, h, axis in zip(needs[1], needs[0], step.axes, strict=True)
+    ]
+    window = _read_padded(read_into, needs[0], gathers, step.config.cval, compute_dtype)
+    return None if window is None else FirstWindow(window, gathers)
+
+
+def all_valid(data: np.ndarray, nodata: float | None) -> bool:
+    """``valid_samples(data, nodata).all()`` without a block-sized mask: the minimum and
+    maximum are NaN if any sample is, infinite if any is, and bracket ``nodata`` if it may
+    occur (it usually lies outside the data's range: -9999, or 0 below reflectances)."""
+    if not data.size:
+        return True
+    low, high = float(np.min(data)), float(np.max(data))
+    if data.dtype.kind == "f" and not (math.isfinite(low) and math.isfinite(high)):
+        return False
+    if nodata is None or math.isnan(nodata) or not low <= nodata <= high:
+        return True
+    return not bool((data == nodata).any())
 
 
 def valid_samples(data: np.ndarray, nodata: float | None) -> np.ndarray:
@@ -283,30 +317,73 @@ def compute_block_masked(
     ``compute_block`` does, reading as it does; otherwise each step runs through
     ``convpipe.nodata`` on the data (nodata samples set to 0, so kernels stay on their finite
     paths) and its validity."""
-    plain = compute_block(
-        steps,
-        read,
-        block,
-        compute_dtype,
-        value_ranges,
-        integer_input,
-        read_into,
-        accept=lambda samples: bool(valid_samples(samples, nodata).all()),
-    )
-    if plain is not None:
-        return plain, np.ones(plain.shape, dtype=bool)
     needs = needed_indices(steps, block)
+    first = first_window(steps, needs, read_into, compute_dtype)
+    if first is not None:
+        if all_valid(first.window, nodata):  # no nodata here: the path of an image without nodata
+            first.finite = True
+            data = compute_block(steps, read, block, compute_dtype, value_ranges, integer_input, first=first)
+            return data, np.ones(data.shape, dtype=bool)
+        valid = valid_samples(first.window, nodata)
+        step = steps[0]
+        if step.config.padding not in ("constant", "zero") and step.config.nodata != "fill":
+            # Padding copies samples, so the window's validity is its samples' own: the
+            # first step runs on the window read, with no second read or gather.
+            window, gathers = first.window, first.gathers
+            del first
+            window[~valid] = 0
+            result, ok = _masked_step(step, window, valid.astype(compute_dtype), gathers, value_ranges, 0)
+            del window, valid
+            return _masked_steps(steps, needs, result, ok, compute_dtype, value_ranges, start=1)
+        del first, valid
     raw = np.asarray(read(needs[0]))
+    if all_valid(raw, nodata):
+        data = compute_block(steps, lambda _, samples=raw: samples, block, compute_dtype, value_ranges, integer_input)
+        return data, np.ones(data.shape, dtype=bool)
     valid = valid_samples(raw, nodata)
     data = raw.astype(compute_dtype)  # a copy: nodata samples are overwritten
     del raw
     data[~valid] = 0
-    for k, step in enumerate(steps):
+    return _masked_steps(steps, needs, data, valid, compute_dtype, value_ranges, start=0)
+
+
+def _masked_step(
+    step: StepPlan,
+    window: np.ndarray,
+    validity: np.ndarray,
+    gathers: Sequence[AxisGather],
+    value_ranges: Sequence[ValueRange | None] | None,
+    k: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step on a window holding nodata (set to 0) and its validity (1 or 0): the kept
+    outputs, nodata ones set to 0, and their validity."""
+    value_range = value_ranges[k] if value_ranges is not None else None
+    policy = Policy(step.config.nodata, step.config.min_valid, step.config.fill_value)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        result, ok = nodata_step(step.op, window, validity, tuple(a.stride for a in step.axes), value_range, policy)
+    data, valid = _kept(result, gathers), _kept(ok, gathers)
+    if not data.flags.writeable or np.may_share_memory(data, window):
+        data = data.copy()
+    data[~valid] = 0
+    return data, valid
+
+
+def _masked_steps(
+    steps: Sequence[StepPlan],
+    needs: Sequence[Sequence[np.ndarray]],
+    data: np.ndarray,
+    valid: np.ndarray,
+    compute_dtype: np.dtype,
+    value_ranges: Sequence[ValueRange | None] | None,
+    start: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steps ``start`` onwards of a block with nodata (``data`` holds 0 where not ``valid``)."""
+    for k in range(start, len(steps)):
+        step = steps[k]
         value_range = value_ranges[k] if value_ranges is not None else None
-        policy = Policy(step.config.nodata, step.config.min_valid, step.config.fill_value)
-        if policy.mode == "fill" and not valid.all():
-            assert policy.fill_value is not None  # the config requires it
-            data[~valid] = policy.fill_value
+        if step.config.nodata == "fill" and not valid.all():
+            assert step.config.fill_value is not None  # the config requires it
+            data[~valid] = step.config.fill_value
             valid = np.ones(valid.shape, dtype=bool)
         if any(len(w) == 0 for w in needs[k + 1]):
             data = run_step(step, data, needs[k], needs[k + 1], value_range)
@@ -321,14 +398,8 @@ def compute_block_masked(
         del data  # the window (a view of it, or a gathered copy) holds what the step needs
         validity, _ = gather_window(step, valid.astype(compute_dtype), needs[k], needs[k + 1], cval=1.0)
         del valid
-        with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            result, ok = nodata_step(step.op, window, validity, tuple(a.stride for a in step.axes), value_range, policy)
-        del validity
-        data, valid = _kept(result, gathers), _kept(ok, gathers)
-        if not data.flags.writeable or np.may_share_memory(data, window):
-            data = data.copy()
-        del window, result, ok
-        data[~valid] = 0
+        data, valid = _masked_step(step, window, validity, gathers, value_ranges, k)
+        del window, validity
     return data, valid
 
 

@@ -87,7 +87,6 @@ class ChainJob:
             integer_input=integer,
             read_into=lambda indices, out: reader.read(indices, out=out),
         )
-        assert data is not None  # nothing refuses a block without ``accept``
         return data if self.output_dtype is None else to_dtype(data, self.output_dtype)
 
     def _masked_block(self, index: Sequence[int], value_ranges: Sequence[ValueRange | None]) -> np.ndarray:

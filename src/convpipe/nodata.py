@@ -62,10 +62,14 @@ def run(
         return _rank(op, window, valid, stride, policy)
     magnitude = isinstance(op, Gradient) and op.magnitude
     components = op.components if magnitude else (op.components[0],) if isinstance(op, Gradient) else (op,)
+    if policy.mode != "ignore":  # the values as without nodata (a magnitude's fused pass), validity apart
+        invalid = valid < 0.5
+        reached = [_reached(component, invalid, stride) for component in components]
+        return op.apply(window, stride), ~np.logical_or.reduce(reached)
     total: np.ndarray | None = None
     valid_out: np.ndarray | None = None
     for component in components:  # one at a time: a magnitude sums squares in place
-        value, ok = (_ignore if policy.mode == "ignore" else _propagate)(component, window, valid, stride, policy)
+        value, ok = _ignore(component, window, valid, stride, policy)
         if magnitude:
             np.square(value, out=value)
         total = value if total is None else np.add(total, value, out=total)
@@ -77,13 +81,18 @@ def run(
     return total.astype(window.dtype, copy=False), valid_out
 
 
-def _footprint(kernel: Linear, values: np.ndarray, stride: Stride) -> np.ndarray:
-    """Σ over each window's non-zero coefficients of ``values`` (one separable pass when the
-    kernel is one separable part)."""
+def _reached(kernel: Linear, invalid: np.ndarray, stride: Stride) -> np.ndarray:
+    """Outputs whose window has an ``invalid`` sample under a non-zero coefficient: a
+    dilation of bytes when every coefficient is non-zero (a gaussian, a box), else a sum over
+    the non-zero ones (one separable pass when the kernel is one separable part)."""
+    weights = kernel.kernel()
+    if (weights != 0).all():
+        return backend.rank(invalid.view(np.uint8), "maximum", weights.shape, stride) > 0
+    values = invalid.astype(np.float32)
     if len(kernel.parts) == 1 and kernel.parts[0].factors is not None:
         factors = [(f != 0).astype(np.float32) for f in kernel.parts[0].factors]
-        return backend.separable(values, factors, stride)
-    return backend.dense(values, (kernel.kernel() != 0).astype(np.float32), stride)
+        return backend.separable(values, factors, stride) >= 0.5
+    return backend.dense(values, (weights != 0).astype(np.float32), stride) >= 0.5
 
 
 def _absolute(kernel: Linear) -> Linear:
@@ -95,13 +104,6 @@ def _absolute(kernel: Linear) -> Linear:
     return Linear((Part(1.0, dense=np.abs(kernel.kernel())),))
 
 
-def _propagate(
-    kernel: Linear, window: np.ndarray, valid: np.ndarray, stride: Stride, policy: Policy
-) -> tuple[np.ndarray, np.ndarray]:
-    invalid = (1 - valid).astype(window.dtype, copy=False)
-    return kernel.apply(window, stride), _footprint(kernel, invalid, stride) < 0.5
-
-
 def _ignore(
     kernel: Linear, window: np.ndarray, valid: np.ndarray, stride: Stride, policy: Policy
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -111,17 +113,16 @@ def _ignore(
     v = valid.astype(window.dtype, copy=False)
     num, den = kernel.apply(window, stride), kernel.apply(v, stride)
     threshold = (policy.min_valid - SHARE_TOLERANCE) * magnitude
+    # Outputs below the threshold are left as they are (the caller marks them nodata).
     if (weights >= 0).all():  # normalized convolution, times Σw: num · Σw / den
         ok = den >= threshold
-        den[~ok] = 1
-        np.divide(num, den, out=num)
+        np.divide(num, den, out=num, where=ok)
         num *= num.dtype.type(total)
         return num, ok
     applicability = _absolute(kernel)
     mean, share = applicability.apply(window, stride), applicability.apply(v, stride)
     ok = share >= threshold
-    share[~ok] = 1
-    np.divide(mean, share, out=mean)  # the |w|-weighted mean of the window's valid samples
+    np.divide(mean, share, out=mean, where=ok)  # the |w|-weighted mean of the window's valid samples
     del share
     np.subtract(num.dtype.type(total), den, out=den)  # Σ w·(1 − v)
     den *= mean
@@ -132,9 +133,8 @@ def _ignore(
 def _rank(
     op: Rank, window: np.ndarray, valid: np.ndarray, stride: Stride, policy: Policy
 ) -> tuple[np.ndarray, np.ndarray]:
-    invalid = (1 - valid).astype(window.dtype, copy=False)
     if policy.mode != "ignore":
-        touched = backend.rank(invalid, "maximum", op.size, stride) > 0.5
+        touched = backend.rank((valid < 0.5).view(np.uint8), "maximum", op.size, stride) > 0
         return backend.rank(window, op.statistic, op.size, stride), ~touched
     count = backend.separable(valid.astype(window.dtype), [np.ones(n, np.float32) for n in op.size], stride)
     ok = count >= (policy.min_valid - SHARE_TOLERANCE) * float(np.prod(op.size))
