@@ -673,6 +673,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         metavar="GIB",
         help="instead: convpipe's edges chain on square uint16 inputs of these sizes in GiB (default 1 4 16)",
     )
+    ap.add_argument(
+        "--scale-format",
+        choices=("zarr", "geotiff", "cog"),
+        default="zarr",
+        help="the output format of --scale (default zarr; cog: a Cloud-Optimized GeoTIFF with overviews)",
+    )
     worker = ap.add_argument_group("worker (internal: one measured run)")
     worker.add_argument("--run", nargs=2, metavar=("TOOL", "CASE"))
     worker.add_argument("--input")
@@ -814,7 +820,7 @@ def bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def scale(sizes: Sequence[float]) -> int:
+def scale(sizes: Sequence[float], output_format: str = "zarr") -> int:
     """Peak memory and graph-building time as the image grows: they must not follow its size."""
     import yaml
 
@@ -824,11 +830,13 @@ def scale(sizes: Sequence[float]) -> int:
         side = max(512, int(math.sqrt(gib * 2**30 / 2)) // 512 * 512)
         src = ensure_sample(DATA / f"scale-{side}.zarr", (side, side), SAMPLE_CHUNKS)
         warm(src)
-        dst = RUNS / "scale.zarr"
+        dst = RUNS / ("scale.zarr" if output_format == "zarr" else "scale.tif")
         remove(dst)
         config = OUT / "configs" / "scale.yaml"
         config.parent.mkdir(parents=True, exist_ok=True)
-        config.write_text(yaml.safe_dump(convpipe_config("edges", src, dst), sort_keys=False))
+        document = convpipe_config("edges", src, dst)
+        document["output"]["format"] = output_format
+        config.write_text(yaml.safe_dump(document, sort_keys=False))
         result = measure([sys.executable, "-c", CONVPIPE_CLI, "run", str(config), "--overwrite"], dict(os.environ))
         remove(dst)
         if result["returncode"]:
@@ -854,7 +862,7 @@ def scale(sizes: Sequence[float]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.scale is not None:
-        return scale(args.scale or [1.0, 4.0, 16.0])
+        return scale(args.scale or [1.0, 4.0, 16.0], args.scale_format)
     if args.run:
         tool, case = args.run
         WORKERS[tool](case, args.input, args.output, args.chunks)

@@ -390,3 +390,18 @@ def test_the_quick_all_valid_check_agrees_with_the_mask(dtype: str, values: list
         data = data[(data >= info.min) & (data <= info.max)]
     data = data.astype(dtype)
     assert all_valid(data, nodata) == bool(valid_samples(data, nodata).all())
+
+
+@pytest.mark.parametrize("chunks", [(2, 2), (5, 7), (16, 9), (64, 64)])
+def test_a_float32_gaussian_beside_nodata_is_the_masked_reference_to_float32_rounding(chunks: tuple[int, int]) -> None:
+    """The README's promise for ``ignore``: whatever the chunking, float32 computation differs
+    from the float64 masked reference by float32 rounding only."""
+    scene = _scene()[:40, :50]
+    steps = [{"filter": "gaussian", "sigma": 1.5, "nodata": "ignore"}]
+    plan = bound(scene, -9999.0, chunks, steps)
+    expected, valid = reference(scene, plan)
+    with dask.config.set(scheduler="sync"):
+        got = convpipe.filter_array(scene, steps, chunks=chunks, nodata=-9999, output_nodata="nan").compute()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(got), ~valid)
+    np.testing.assert_allclose(got[valid], expected[valid], rtol=4 * np.finfo(np.float32).eps)
