@@ -220,8 +220,9 @@ def compute_block(
         first = first_window(steps, needs, read_into, compute_dtype)
     window: np.ndarray | None = None
     if first is not None:
-        window, gathers = first.window, first.gathers
-        finite = integer_input or (first.finite if first.finite is not None else bool(np.isfinite(window).all()))
+        known = first.finite
+        window, gathers = first.take()
+        finite = integer_input or (known if known is not None else bool(np.isfinite(window).all()))
         data = window
     else:
         raw = np.asarray(read(needs[0]))
@@ -253,9 +254,15 @@ def compute_block(
 class FirstWindow:
     """The first step's padded window, read in place, with its gathers."""
 
-    window: np.ndarray
+    window: np.ndarray | None
     gathers: list[AxisGather]
     finite: bool | None = None  # None: not looked at yet
+
+    def take(self) -> tuple[np.ndarray, list[AxisGather]]:
+        """The window, no longer held here: the chain frees it once the first step has run."""
+        window, self.window = self.window, None
+        assert window is not None, "a first window is taken once"
+        return window, self.gathers
 
 
 def first_window(
@@ -311,25 +318,25 @@ def compute_block_masked(
     value_ranges: Sequence[ValueRange | None] | None = None,
     integer_input: bool = False,
     read_into: Callable[[Sequence[np.ndarray], np.ndarray], np.ndarray] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray | None]:
     """``compute_block`` with nodata (README, "Nodata"): the chain's output over ``block`` and
-    which of its samples are valid. A block whose samples are all valid runs exactly as
+    which of its samples are valid (None: all of them). A block whose samples are all valid runs exactly as
     ``compute_block`` does, reading as it does; otherwise each step runs through
     ``convpipe.nodata`` on the data (nodata samples set to 0, so kernels stay on their finite
     paths) and its validity."""
     needs = needed_indices(steps, block)
     first = first_window(steps, needs, read_into, compute_dtype)
     if first is not None:
+        assert first.window is not None
         if all_valid(first.window, nodata):  # no nodata here: the path of an image without nodata
             first.finite = True
-            data = compute_block(steps, read, block, compute_dtype, value_ranges, integer_input, first=first)
-            return data, np.ones(data.shape, dtype=bool)
+            return compute_block(steps, read, block, compute_dtype, value_ranges, integer_input, first=first), None
         valid = valid_samples(first.window, nodata)
         step = steps[0]
         if step.config.padding not in ("constant", "zero") and step.config.nodata != "fill":
             # Padding copies samples, so the window's validity is its samples' own: the
             # first step runs on the window read, with no second read or gather.
-            window, gathers = first.window, first.gathers
+            window, gathers = first.take()
             del first
             window[~valid] = 0
             result, ok = _masked_step(step, window, valid.astype(compute_dtype), gathers, value_ranges, 0)
@@ -338,8 +345,9 @@ def compute_block_masked(
         del first, valid
     raw = np.asarray(read(needs[0]))
     if all_valid(raw, nodata):
-        data = compute_block(steps, lambda _, samples=raw: samples, block, compute_dtype, value_ranges, integer_input)
-        return data, np.ones(data.shape, dtype=bool)
+        return compute_block(
+            steps, lambda _, samples=raw: samples, block, compute_dtype, value_ranges, integer_input
+        ), None
     valid = valid_samples(raw, nodata)
     data = raw.astype(compute_dtype)  # a copy: nodata samples are overwritten
     del raw

@@ -104,11 +104,13 @@ class ChainJob:
             integer_input=integer,
             read_into=lambda indices, out: reader.read(indices, out=out),
         )
+        if valid is None:  # no nodata in this block
+            return data if self.output_dtype is None else to_dtype(data, self.output_dtype)
         if self.output_dtype is None:
             data[~valid] = np.nan
             return data
         out = to_dtype(data, self.output_dtype)
-        if self.output_nodata is not None and not valid.all():
+        if self.output_nodata is not None:
             out[~valid] = self.output_nodata
         return out
 
