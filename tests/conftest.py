@@ -5,9 +5,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from png_tools import drawn
 from s3server import s3_env, s3_server
 
-__all__ = ["s3_env", "s3_server", "small_disk"]
+__all__ = ["drawn", "s3_env", "s3_server", "small_disk"]
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import zarr
 from cli_tools import assert_one_line_error, invoke
 from click.testing import CliRunner
 from matplotlib.image import imread
+from png_tools import is_colour, png_colours
 
 from convpipe import engine
 from convpipe.cli import cli
@@ -199,42 +200,6 @@ def test_axes_show_the_inputs_physical_units(tmp_path: Path, image: np.ndarray) 
 
 
 # --- nodata --------------------------------------------------------------------------------
-
-MAGENTA = np.array([1.0, 0.0, 1.0])
-
-
-@pytest.fixture
-def drawn(monkeypatch: pytest.MonkeyPatch) -> list[matplotlib.figure.Figure]:
-    """Every figure the preview saves, to find a shown pixel in the PNG."""
-    figures: list[matplotlib.figure.Figure] = []
-    save = matplotlib.figure.Figure.savefig
-
-    def keep(figure: matplotlib.figure.Figure, *args: Any, **options: Any) -> None:
-        figures.append(figure)
-        save(figure, *args, **options)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
-    return figures
-
-
-def png_colours(png: np.ndarray, figure: matplotlib.figure.Figure, panel: int, mask: np.ndarray) -> np.ndarray:
-    """The PNG's RGB at the centre of each shown pixel of ``mask`` in panel ``panel`` (0: input,
-    1: output), through the figure's transforms; the outermost pixels, under the axes' frame,
-    are left out."""
-    axes = [ax for ax in figure.axes if ax.images][panel]
-    image = axes.images[0]
-    rows, cols = image.get_array().shape[:2]
-    left, right, bottom, top = image.get_extent()
-    inner = np.zeros_like(mask)
-    inner[1:-1, 1:-1] = True
-    r, c = np.nonzero(mask & inner)
-    points = np.column_stack([left + (c + 0.5) * (right - left) / cols, top + (r + 0.5) * (bottom - top) / rows])
-    display = axes.transData.transform(points)
-    return png[np.floor(png.shape[0] - display[:, 1]).astype(int), np.floor(display[:, 0]).astype(int), :3]
-
-
-def is_colour(rgb: np.ndarray, colour: np.ndarray = MAGENTA) -> np.ndarray:
-    return np.all(np.abs(rgb - colour) < 0.02, axis=-1)
 
 
 def test_nodata_is_drawn_in_the_nodata_colour_and_left_out_of_the_colour_range(

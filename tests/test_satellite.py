@@ -14,7 +14,6 @@ import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import matplotlib.figure
 import numpy as np
@@ -24,6 +23,7 @@ import tifffile
 import zarr
 from cli_tools import invoke
 from matplotlib.image import imread
+from png_tools import is_colour, png_colours
 from rio_cogeo.cogeo import cog_validate
 from scipy import ndimage
 
@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "configs" / "satellite-nodata.yaml"
 SHAPE = (3, 512, 512)  # bands, y, x: a 512² scene fits one of the COG's 512² tiles, so
 TILES = "output.chunks=[1,128,128]"  # the test asks for 128² tiles to get two overviews
-MAGENTA = np.array([1.0, 0.0, 1.0])
 
 
 def load_make_sample() -> ModuleType:
@@ -57,42 +56,6 @@ def scene(tmp_path_factory: pytest.TempPathFactory, make_sample: ModuleType) -> 
 def truth(make_sample: ModuleType) -> np.ndarray:
     """The generator's nodata mask of the whole scene (y, x), the same in every band."""
     return make_sample.satellite_nodata(make_sample.make_satellite_scene(SHAPE, 0), (0, 0), SHAPE[1:])
-
-
-@pytest.fixture
-def drawn(monkeypatch: pytest.MonkeyPatch) -> list[matplotlib.figure.Figure]:
-    """Every figure the preview saves, to map image pixels to PNG pixels."""
-    figures: list[matplotlib.figure.Figure] = []
-    save = matplotlib.figure.Figure.savefig
-
-    def keep(figure: matplotlib.figure.Figure, *args: Any, **options: Any) -> None:
-        figures.append(figure)
-        save(figure, *args, **options)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
-    return figures
-
-
-def png_colours(png: np.ndarray, figure: matplotlib.figure.Figure, panel: int, mask: np.ndarray) -> np.ndarray:
-    """The PNG's RGB at the centres of the pixels of ``mask`` in panel ``panel`` (0: input,
-    1: output), through the figure's own transforms (shown pixel i at its centre)."""
-    axes = [ax for ax in figure.axes if ax.images][panel]
-    image = axes.images[0]
-    rows, cols = image.get_array().shape[:2]
-    left, right, bottom, top = image.get_extent()
-    frame = np.zeros_like(mask)  # the axes' black frame is drawn over the outermost pixels
-    frame[2:-2, 2:-2] = True
-    r, c = np.nonzero(mask & frame)
-    x = left + (c + 0.5) * (right - left) / cols
-    y = top + (r + 0.5) * (bottom - top) / rows
-    display = axes.transData.transform(np.column_stack([x, y]))
-    px = np.floor(display[:, 0]).astype(int)
-    py = np.floor(png.shape[0] - display[:, 1]).astype(int)
-    return png[py, px, :3]
-
-
-def is_magenta(rgb: np.ndarray) -> np.ndarray:
-    return np.all(np.abs(rgb - MAGENTA) < 0.05, axis=-1)
 
 
 def grown(mask: np.ndarray, pixels: int) -> np.ndarray:
@@ -248,8 +211,8 @@ def test_the_preview_draws_the_holes_in_the_nodata_colour(
     (figure,) = drawn
     inside, outside = ~grown(~truth, 2), ~grown(truth, 3)  # well inside a hole, well away from one
     for panel in (0, 1):  # input and output: the scene is shown pixel for pixel (512 <= 1024)
-        assert is_magenta(png_colours(png, figure, panel, inside)).all()
-        assert not is_magenta(png_colours(png, figure, panel, outside)).any()
+        assert is_colour(png_colours(png, figure, panel, inside)).all()
+        assert not is_colour(png_colours(png, figure, panel, outside)).any()
         title = [ax for ax in figure.axes if ax.images][panel].get_title(loc="left")
         assert "magenta: nodata (-9999)" in title
     # The colour bars span the valid samples: the -9999 does not crush the contrast.
@@ -267,5 +230,5 @@ def test_a_preview_overview_shrinks_around_the_holes(
     # A shrunk pixel is nodata when all of its 4x4 samples are.
     np.testing.assert_array_equal(result.input_nodata, truth.reshape(128, 4, 128, 4).all(axis=(1, 3)))
     png = imread(result.path)
-    assert is_magenta(png_colours(png, drawn[0], 0, result.input_nodata)).all()
-    assert not is_magenta(png_colours(png, drawn[0], 0, ~result.input_nodata)).any()
+    assert is_colour(png_colours(png, drawn[0], 0, result.input_nodata)).all()
+    assert not is_colour(png_colours(png, drawn[0], 0, ~result.input_nodata)).any()
