@@ -820,3 +820,44 @@ def test_resume_on_a_missing_geotiff_starts_one(
     code, _, err = invoke(capsys, "run", config, "--resume")
     assert code == 0 and "already complete" in err, err
     assert tree_digest(tmp_path / "out.tif.convpipe-lock") + hashlib.sha256(out.read_bytes()).hexdigest() == before
+
+
+def test_overwrite_of_a_geotiff_waits_out_a_dead_runs_lease_then_takes_over(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run on another node died holding the GeoTIFF's lease (beside the file): --overwrite
+    is refused while the lease may be alive, and once it has expired waits no more than the
+    lease, says it took over, and publishes the new file whole."""
+    import uuid
+
+    from convpipe.io import geotiff_output, stores
+
+    config = write_config(tmp_path, small, "out.tif")
+    out = tmp_path / "out.tif"
+    code, _, err = invoke(capsys, "run", config, "--quiet")
+    assert code == 0, err
+    now = time.time()
+    record = {
+        "token": uuid.uuid4().hex,
+        "host": "other-node",
+        "pid": 4242,
+        "since": now,
+        "renewed": now,
+        "expires": now + 2.0,
+        "seconds": 2.0,
+        "released": False,
+    }
+    lock = tmp_path / "out.tif.convpipe-lock"
+    generation = max(int(p.name) for p in lock.iterdir()) + 1
+    (lock / f"{generation:010d}").write_text(json.dumps(record))
+    code, _, err = invoke(capsys, "run", config, "--quiet")  # no flag: it is held, say so
+    assert code == 2 and "being written by another convpipe run" in err and "other-node" in err, err
+    begun = time.monotonic()
+    code, _, err = invoke(capsys, "run", config, "--overwrite", "--lock-lease", "2")
+    assert code == 0, err
+    assert "took over" in err and "pid 4242 on other-node" in err, err
+    assert time.monotonic() - begun < 2 + 30
+    status = geotiff_output.read_status(stores.parse(str(out)))
+    assert status is not None and status["complete"] is True
+    top = json.loads((lock / max(p.name for p in lock.iterdir())).read_text())
+    assert top["released"] is True and top["token"] != record["token"]  # ours, and let go
