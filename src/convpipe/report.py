@@ -85,7 +85,11 @@ def describe_nodata(plan: Plan) -> str:
     if not plan.masked:
         unused = f"; the steps' nodata policies ({policies}) have nothing to act on" if policies else ""
         return f"nodata  none (the input declares no nodata value){unused}"
-    source = "NaN" if plan.nodata is None or math.isnan(plan.nodata) else f"{plan.nodata:g} and NaN"
+    nan = plan.input_dtype.kind == "f"  # NaN is nodata too, where it can occur
+    if plan.nodata is None or math.isnan(plan.nodata):
+        source = "NaN"
+    else:
+        source = f"{plan.nodata:g}" + (" and NaN" if nan else "")
     written = "as NaN is (0 in an integer output)" if plan.output_nodata is None else f"as {plan.output_nodata:g}"
     return f"nodata  {source} in the input; written {written}; steps {policies or 'all propagate'}"
 
