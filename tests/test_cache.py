@@ -311,3 +311,28 @@ def test_many_threads_reading_overlapping_boxes_through_zarr_get_exact_samples()
     assert reader.cache is not None and not reader.cache.pending
     chunks = (240 // 20) * (200 // 20)
     assert len(fetched) < 1.2 * chunks, f"{len(fetched)} requests for {chunks} chunks"
+
+
+def test_a_read_that_fails_while_claiming_leaves_no_claim_pending() -> None:
+    """Other threads wait on a pending claim with no timeout: a failure between claiming
+    chunks and reading them must release every claim taken, or the run hangs."""
+    import zarr
+    from zarr.storage import MemoryStore
+
+    from convpipe.io.inputs import ArrayReader
+
+    store = MemoryStore()
+    data = np.arange(80 * 80, dtype=np.float32).reshape(80, 80)
+    zarr.create_array(store, shape=data.shape, chunks=(20, 20), dtype="f4")[...] = data
+    reader = ArrayReader(zarr.open_array(store, mode="r"), "memory", None, 8 * 2**20)
+    indices = [np.arange(0, 45), np.arange(0, 45)]
+    reader.read(indices)  # the chunks it holds entirely are now cached whole: release is called next time
+    assert reader.cache is not None
+
+    def failing(*args: object) -> None:
+        raise MemoryError("no room for the strips")
+
+    reader.cache.release = failing  # type: ignore[method-assign]
+    with pytest.raises(Exception, match="no room for the strips"):
+        reader.read([np.arange(15, 65), np.arange(15, 65)])
+    assert not reader.cache.pending

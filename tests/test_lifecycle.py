@@ -751,3 +751,14 @@ def test_first_difference_names_the_first_differing_leaf() -> None:
     assert first_difference(old, new) == "input.fingerprint.digest: 'ab' when the output was started, 'cd' now"
     assert first_difference({"s": [1, 2]}, {"s": [1, 3]}) == "s[1]: 2 when the output was started, 3 now"
     assert first_difference({"a": 1}, {"a": 1, "b": 2}) == "b: None when the output was started, 2 now"
+
+
+def test_a_renewal_that_finds_the_lease_expired_is_not_trusted_without_the_store(store: Store) -> None:
+    """The holder froze past its lease; a taker read it expired; the holder's late renewal
+    must not let its writers skip the store while the taker wins the next generation."""
+    lease = acquire(store, LOCK, 30)
+    expire(store, 0)
+    lease.renew()  # late: the record it read had expired
+    plant(store, 1, host="elsewhere.example", pid=4242)  # the taker that read it expired
+    with pytest.raises(LeaseLost, match=r"pid 4242 on elsewhere\.example"):
+        check_lease(store, lease.key)

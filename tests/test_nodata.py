@@ -405,3 +405,63 @@ def test_a_float32_gaussian_beside_nodata_is_the_masked_reference_to_float32_rou
     assert got.dtype == np.float32
     np.testing.assert_array_equal(np.isnan(got), ~valid)
     np.testing.assert_allclose(got[valid], expected[valid], rtol=4 * np.finfo(np.float32).eps)
+
+
+def test_32_bit_integer_nodata_at_the_types_limit_is_found_in_float32_blocks() -> None:
+    image = np.full((16, 32), 7, dtype=np.uint32)
+    image[:, :16] = 4294967295  # GDAL's usual UInt32 nodata, rounded up when read as float32
+    steps = [{"filter": "box", "size": 3}]
+    plan = bound(image, 4294967295.0, (8, 8), steps)
+    _, valid = reference(image, plan)
+    with dask.config.set(scheduler="sync"):
+        got = convpipe.filter_array(image, steps, chunks=(8, 8), nodata=4294967295, output_nodata="nan").compute()
+    np.testing.assert_array_equal(np.isnan(got), ~valid)
+
+
+@pytest.mark.parametrize("step", [{"filter": "gaussian", "sigma": 1.0}, {"filter": "sobel"}, {"filter": "minimum"}])
+def test_a_window_with_no_valid_sample_is_nodata_however_low_min_valid_is(step: dict[str, Any]) -> None:
+    image = np.full((20, 30), 5.0, dtype=np.float32)
+    image[:, :15] = -9999.0
+    steps = [{**step, "nodata": "ignore", "min_valid": 1e-6}]
+    with dask.config.set(scheduler="sync"):
+        got = convpipe.filter_array(image, steps, chunks=(7, 7), nodata=-9999, output_nodata="nan").compute()
+    assert np.isnan(got[:, :10]).all() and np.isfinite(got[:, 16:]).all()
+
+
+def test_a_float32_files_inexact_nodata_is_compared_as_float32_holds_it(tmp_path: Any) -> None:
+    """ArcGIS and GDAL write -3.4e38 (or -3.40282346639e+038) for float32 nodata: GDAL casts it."""
+    import tifffile
+    from test_formats import GEOKEYS, config_for
+
+    image = np.full((32, 32), 10.0, dtype=np.float32)
+    image[:, :8] = np.float32(-3.4e38)
+    tags = [
+        (33550, "d", 3, (10.0, 10.0, 0.0), True),
+        (33922, "d", 6, (0.0, 0.0, 0.0, 500000.0, 4600000.0, 0.0), True),
+        (34735, "H", len(GEOKEYS), GEOKEYS, True),
+        (42113, "s", 0, "-3.4e+38", True),
+    ]
+    tifffile.imwrite(tmp_path / "in.tif", image, extratags=tags)
+
+    plan = convpipe.make_plan(config_for(tmp_path / "in.tif", tmp_path / "out.zarr", [{"filter": "box"}]))
+    assert plan.nodata == float(np.float32(-3.4e38))
+    convpipe.run(config_for(tmp_path / "in.tif", tmp_path / "out.tif", [{"filter": "box"}]))
+    written = tifffile.imread(tmp_path / "out.tif")
+    assert (written[:, :7] == np.float32(-3.4e38)).all() and (written[:, 9:] == 10).all()
+
+
+def test_a_tiff_output_of_a_zarr_input_with_nodata_records_it(tmp_path: Any) -> None:
+    import tifffile
+    import zarr
+    from test_formats import config_for
+
+    array = zarr.create_array(str(tmp_path / "in.zarr"), shape=(64, 64), chunks=(32, 32), dtype="float32")
+    array[...] = np.where(np.arange(64)[None, :] < 20, -9999.0, 3.0).astype(np.float32).repeat(64, axis=0)
+    array.attrs["nodata"] = -9999
+    for fmt in ("geotiff", "cog"):
+        out = tmp_path / f"{fmt}.tif"
+        convpipe.run(config_for(tmp_path / "in.zarr", out, [{"filter": "box"}], format=fmt))
+        with tifffile.TiffFile(out) as tif:
+            assert tif.pages.first.tags[42113].value.strip("\x00") == "-9999"
+            if fmt == "cog":
+                assert 'STATISTICS_MINIMUM" sample="0">3' in tif.pages.first.tags[42112].value

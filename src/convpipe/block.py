@@ -292,7 +292,11 @@ def all_valid(data: np.ndarray, nodata: float | None) -> bool:
     low, high = float(np.min(data)), float(np.max(data))
     if data.dtype.kind == "f" and not (math.isfinite(low) and math.isfinite(high)):
         return False
-    if nodata is None or math.isnan(nodata) or not low <= nodata <= high:
+    if nodata is None or math.isnan(nodata):
+        return True
+    with np.errstate(over="ignore"):
+        stored = float(data.dtype.type(nodata)) if data.dtype.kind == "f" else nodata  # as == compares
+    if not low <= stored <= high:
         return True
     return not bool((data == nodata).any())
 

@@ -115,13 +115,13 @@ def _ignore(
     threshold = (policy.min_valid - SHARE_TOLERANCE) * magnitude
     # Outputs below the threshold are left as they are (the caller marks them nodata).
     if (weights >= 0).all():  # normalized convolution, times Σw: num · Σw / den
-        ok = den >= threshold
+        ok = (den >= threshold) & (den > 0)
         np.divide(num, den, out=num, where=ok)
         num *= num.dtype.type(total)
         return num, ok
     applicability = _absolute(kernel)
     mean, share = applicability.apply(window, stride), applicability.apply(v, stride)
-    ok = share >= threshold
+    ok = (share >= threshold) & (share > 0)
     np.divide(mean, share, out=mean, where=ok)  # the |w|-weighted mean of the window's valid samples
     del share
     np.subtract(num.dtype.type(total), den, out=den)  # Σ w·(1 − v)
@@ -137,7 +137,7 @@ def _rank(
         touched = backend.rank((valid < 0.5).view(np.uint8), "maximum", op.size, stride) > 0
         return backend.rank(window, op.statistic, op.size, stride), ~touched
     count = backend.separable(valid.astype(window.dtype), [np.ones(n, np.float32) for n in op.size], stride)
-    ok = count >= (policy.min_valid - SHARE_TOLERANCE) * float(np.prod(op.size))
+    ok = (count >= (policy.min_valid - SHARE_TOLERANCE) * float(np.prod(op.size))) & (count > 0.5)
     if op.statistic in ("minimum", "maximum"):
         far = np.inf if op.statistic == "minimum" else -np.inf
         result = backend.rank(np.where(valid > 0.5, window, window.dtype.type(far)), op.statistic, op.size, stride)

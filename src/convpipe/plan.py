@@ -432,21 +432,23 @@ def bind(
 
 
 def input_nodata(asked: float | str | None, found: float | None, dtype: np.dtype) -> float | None:
-    """The input's nodata value: ``input.nodata`` if set (``none``: no value), else the file's.
-    A value the input's dtype cannot hold marks nothing: an error when asked for, ignored
-    when only the file says it."""
+    """The input's nodata value as its samples hold it: ``input.nodata`` if set (``none``: no
+    value), else the file's. A float image compares its samples with the value cast to its
+    type, as GDAL does (-3.4e38 in float32). A value the dtype cannot hold marks nothing: an
+    error when asked for, ignored when only the file says it."""
     if asked == "none":
         return None
     value = found if asked is None else (math.nan if asked == "nan" else float(asked))
     if value is None:
         return None
-    if math.isnan(value) and dtype.kind != "f":
-        return None  # an integer image holds no NaN: nothing is nodata
-    if not math.isnan(value) and not holds(dtype, value):
+    held = stored(dtype, value)
+    if held is None:
         if asked is None:
             return None  # a file's value its own samples cannot take (-9999 in uint16) marks nothing
-        raise ConfigError(f"input.nodata: {value:g} cannot occur in a {dtype} image; set a value it holds (or none)")
-    return value
+        raise ConfigError(
+            f"input.nodata: {_shown(value)} cannot occur in a {dtype} image; set a value it holds (or none)"
+        )
+    return held
 
 
 def output_nodata(asked: float | str | None, nodata: float | None, dtype: np.dtype) -> float | None:
@@ -455,32 +457,43 @@ def output_nodata(asked: float | str | None, nodata: float | None, dtype: np.dty
     nodata, an error asking for ``output.nodata``."""
     if asked is not None:
         value = math.nan if asked == "nan" else float(asked)
-        if not holds(dtype, value):
+        held = stored(dtype, value)
+        if held is None:
             raise ConfigError(
-                f"output.nodata: {value:g} does not fit the output dtype {dtype}; choose a value it holds"
+                f"output.nodata: {_shown(value)} does not fit the output dtype {dtype}; choose a value it holds"
             )
-        return value
-    if nodata is not None and holds(dtype, nodata):
-        return nodata
+        return held
+    if nodata is not None and (held := stored(dtype, nodata)) is not None:
+        return held
     if dtype.kind == "f":
         return math.nan
     if nodata is not None:
         raise ConfigError(
-            f"output.nodata: the input's nodata value {nodata:g} does not fit the output dtype {dtype}; "
+            f"output.nodata: the input's nodata value {_shown(nodata)} does not fit the output dtype {dtype}; "
             "set output.nodata to a value it holds"
         )
     return None
 
 
-def holds(dtype: np.dtype, value: float) -> bool:
-    """Whether ``dtype`` stores ``value`` exactly (NaN only in floats)."""
+def stored(dtype: np.dtype, value: float) -> float | None:
+    """``value`` as ``dtype`` stores it, or None when it cannot: NaN in an integer type, a
+    fraction or an out-of-range number in an integer type, a finite number beyond a float
+    type's range."""
     dtype = np.dtype(dtype)
-    if math.isnan(value):
-        return dtype.kind == "f"
-    if dtype.kind == "f":
-        return bool(np.isfinite(dtype.type(value))) and float(dtype.type(value)) == value
-    info = np.iinfo(dtype)
-    return float(value).is_integer() and info.min <= value <= info.max
+    if dtype.kind != "f":
+        info = np.iinfo(dtype)
+        ok = not math.isnan(value) and float(value).is_integer() and info.min <= value <= info.max
+        return float(value) if ok else None
+    with np.errstate(over="ignore"):
+        cast = float(dtype.type(value))
+    if math.isinf(cast) and not math.isinf(value):
+        return None
+    return cast
+
+
+def _shown(value: float) -> str:
+    """A number as the user wrote it: 300, -9999, 4294967295, 1e+300, nan."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _geotiff_block(

@@ -330,9 +330,12 @@ def _write_rows(target: StreamOutput, job: _Job) -> int:
             done[0] += per_row  # computed is done: the writer stops at its last tile
             yield row
 
+    geo = output_geo(job.config, plan)
+    if geo is None and plan.masked and plan.output_nodata is not None:  # not a GeoTIFF input
+        geo = GeoInfo.nodata_only(format_nodata(plan.output_nodata))
     with _progress(job.progress, out, plan, lambda: done[0], poll=False):
         # renewed: still ours before the file is published
-        target.write(rows(), plan, job.record, output_geo(job.config, plan), lease.renew)
+        target.write(rows(), plan, job.record, geo, lease.renew)
     return plan.num_blocks
 
 

@@ -122,8 +122,16 @@ class GeoInfo:
             if name
         )
 
+    @staticmethod
+    def nodata_only(nodata: str) -> GeoInfo:
+        """No place on Earth, only a nodata value: what a TIFF output of an input that is not
+        a GeoTIFF still records (GDAL_NODATA alone)."""
+        return GeoInfo((0.0, 1.0, 0.0, 0.0, 0.0, 1.0), (), nodata=nodata)
+
     def tags(self) -> list[tuple[int, str, int, Any, bool]]:
         """The TIFF tags that say all this, for tifffile's ``extratags``."""
+        if not self.geokeys:  # nodata_only
+            return [(GDAL_NODATA, "s", 0, self.nodata, True)] if self.nodata is not None else []
         gt = self.geotransform
         tags: list[tuple[int, str, int, Any, bool]] = []
         if gt[2] == 0 and gt[4] == 0:

@@ -177,17 +177,21 @@ class ArrayReader:
         store, one round of requests rather than one per chunk). Chunks another thread is
         reading are waited for only once this thread holds no claim, so two threads never
         wait on each other."""
-        mine, busy = [], []
-        for piece in pieces:
-            part, state = cache.try_claim(piece.index, piece.need)
-            if state == "cached":
-                out[piece.target] = part
-                if piece.held is not None:
-                    cache.release(piece.index, piece.held)
-            else:
-                (mine if state == "mine" else busy).append(piece)
-        chunks: list[np.ndarray | None] = [None] * len(mine)
+        mine: list[_Piece] = []
+        busy: list[_Piece] = []
+        chunks: list[np.ndarray | None] = []
         try:
+            for piece in pieces:
+                part, state = cache.try_claim(piece.index, piece.need)
+                if state == "mine":
+                    mine.append(piece)
+                    chunks.append(None)
+                elif state == "busy":
+                    busy.append(piece)
+                else:
+                    out[piece.target] = part
+                    if piece.held is not None:
+                        cache.release(piece.index, piece.held)
             if mine:
                 chunks = list(self._read_chunks([piece.index for piece in mine]))
             for piece, chunk in zip(mine, chunks, strict=True):

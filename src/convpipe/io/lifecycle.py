@@ -331,7 +331,9 @@ class Lease:
             renewed = {**record, "renewed": now, "expires": now + self.seconds}
             _put(self.store, _key(self.prefix, self.generation), _encode(renewed))
             self.record = renewed
-            self.verified = asked
+            # A renewal that found the lease already expired may race a taker that read it
+            # expired: writers ask the store until a renewal finds it alive.
+            self.verified = asked if float(record.get("expires", 0)) >= asked else 0.0
 
     def vouches(self) -> bool:
         """Whether a writer in this process may trust the lease without asking the store.
