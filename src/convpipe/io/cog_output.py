@@ -29,13 +29,12 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from xml.sax.saxutils import escape
 
 import numpy as np
 
 from convpipe.errors import RunError
 from convpipe.io import cog
-from convpipe.io.geotiff import PARTIAL_SUFFIX, GeoInfo
+from convpipe.io.geotiff import PARTIAL_SUFFIX, GeoInfo, metadata_xml
 from convpipe.io.geotiff_output import GeoTiffOutput, staged, staging_file
 from convpipe.io.geotiff_output import remove_leftovers as remove_partial
 from convpipe.io.stores import Location
@@ -262,18 +261,6 @@ def stage(
     if filled != [c.size for c in counts]:
         raise RunError(f"COG output: the rows ended after {filled[0]} of {counts[0].size} full-resolution tiles")
     return [cog.Level(s, p, c) for s, p, c in zip(shapes, paths, counts, strict=True)]
-
-
-def metadata_xml(
-    metadata: dict[str, str], bands: list[tuple[str, int, str]] | None = None, geo: GeoInfo | None = None
-) -> str:
-    """GDAL's metadata tag, as the GeoTIFF output writes it, with per-band items and the
-    bands' descriptions."""
-    items = "".join(f'<Item name="{escape(name)}">{escape(value)}</Item>' for name, value in metadata.items())
-    items += "".join(
-        f'<Item name="{escape(name)}" sample="{band}">{escape(value)}</Item>' for name, band, value in bands or ()
-    )
-    return f"<GDALMetadata>{items}{geo.band_items() if geo is not None else ''}</GDALMetadata>"
 
 
 class CogOutput(GeoTiffOutput):

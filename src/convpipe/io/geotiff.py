@@ -235,6 +235,18 @@ def band_descriptions(page: Any, axes: str | None) -> tuple[str, ...]:
     return tuple(found.get(band, "") for band in range(max(found) + 1)) if found else ()
 
 
+def metadata_xml(
+    metadata: dict[str, str], bands: Sequence[tuple[str, int, str]] = (), geo: GeoInfo | None = None
+) -> str:
+    """GDAL's metadata tag: dataset items, per-band items (name, band, value), and the bands'
+    descriptions (``gdal_metadata`` reads it back)."""
+    items = "".join(f'<Item name="{escape(name)}">{escape(value)}</Item>' for name, value in metadata.items())
+    items += "".join(
+        f'<Item name="{escape(name)}" sample="{band}">{escape(value)}</Item>' for name, band, value in bands
+    )
+    return f"<GDALMetadata>{items}{geo.band_items() if geo is not None else ''}</GDALMetadata>"
+
+
 def gdal_metadata(page: Any) -> dict[str, str]:
     """The items of GDAL's metadata tag (where convpipe's GeoTIFFs keep their provenance)."""
     import xml.etree.ElementTree as ElementTree
@@ -292,10 +304,9 @@ def write(
     import tifffile
 
     compression = TIFF_COMPRESSION[codec]
-    items = "".join(f'<Item name="{escape(name)}">{escape(value)}</Item>' for name, value in metadata.items())
     tags = [
         *(geo.tags() if geo is not None else ()),
-        (GDAL_METADATA, "s", 0, f"<GDALMetadata>{items}{geo.band_items() if geo else ''}</GDALMetadata>", True),
+        (GDAL_METADATA, "s", 0, metadata_xml(metadata, geo=geo), True),
     ]
     bigtiff = math.prod(shape) * np.dtype(dtype).itemsize > CLASSIC_TIFF_LIMIT
     try:
