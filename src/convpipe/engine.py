@@ -72,38 +72,25 @@ class ChainJob:
         return self.source.cache_bytes // 4 if isinstance(self.source, InputSpec) else 0
 
     def block(self, index: Sequence[int], value_ranges: Sequence[ValueRange | None]) -> np.ndarray:
-        if self.masked:
-            return self._masked_block(index, value_ranges)
+        """The block in the output dtype; with nodata tracked, nodata samples written as
+        ``output_nodata`` (NaN in a range pass, whose min and max ignore them)."""
         reader = reader_of(self.source)
         # Integer samples are converted as they leave the decoded chunks: no block-sized
         # copy in the input's dtype, no separate conversion pass.
         integer = reader.dtype.kind in "biu"
-        data = compute_block(
-            self.steps,
-            functools.partial(reader.read, dtype=self.compute_dtype) if integer else reader.read,
-            block_bounds(self.chunks, index),
-            self.compute_dtype,
-            value_ranges,
-            integer_input=integer,
-            read_into=lambda indices, out: reader.read(indices, out=out),
-        )
-        return data if self.output_dtype is None else to_dtype(data, self.output_dtype)
-
-    def _masked_block(self, index: Sequence[int], value_ranges: Sequence[ValueRange | None]) -> np.ndarray:
-        """The block with nodata samples written as ``output_nodata`` (NaN in a range pass,
-        whose min and max ignore them)."""
-        reader = reader_of(self.source)
-        integer = reader.dtype.kind in "biu"
-        data, valid = compute_block_masked(
-            self.steps,
-            functools.partial(reader.read, dtype=self.compute_dtype) if integer else reader.read,
-            block_bounds(self.chunks, index),
-            self.compute_dtype,
-            self.nodata,
-            value_ranges,
-            integer_input=integer,
-            read_into=lambda indices, out: reader.read(indices, out=out),
-        )
+        read = functools.partial(reader.read, dtype=self.compute_dtype) if integer else reader.read
+        bounds = block_bounds(self.chunks, index)
+        options: dict[str, Any] = {
+            "integer_input": integer,
+            "read_into": lambda indices, out: reader.read(indices, out=out),
+        }
+        valid = None
+        if self.masked:
+            data, valid = compute_block_masked(
+                self.steps, read, bounds, self.compute_dtype, self.nodata, value_ranges, **options
+            )
+        else:
+            data = compute_block(self.steps, read, bounds, self.compute_dtype, value_ranges, **options)
         if valid is None:  # no nodata in this block
             return data if self.output_dtype is None else to_dtype(data, self.output_dtype)
         if self.output_dtype is None:
