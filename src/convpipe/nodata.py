@@ -87,12 +87,17 @@ def _reached(kernel: Linear, invalid: np.ndarray, stride: Stride) -> np.ndarray:
     the non-zero ones (one separable pass when the kernel is one separable part)."""
     weights = kernel.kernel()
     if (weights != 0).all():
-        return backend.rank(invalid.view(np.uint8), "maximum", weights.shape, stride) > 0
+        return _in_box(invalid, weights.shape, stride)
     values = invalid.astype(np.float32)
     if len(kernel.parts) == 1 and kernel.parts[0].factors is not None:
         factors = [(f != 0).astype(np.float32) for f in kernel.parts[0].factors]
         return backend.separable(values, factors, stride) >= 0.5
     return backend.dense(values, (weights != 0).astype(np.float32), stride) >= 0.5
+
+
+def _in_box(invalid: np.ndarray, size: tuple[int, ...], stride: Stride) -> np.ndarray:
+    """Outputs whose box window holds an ``invalid`` sample: a dilation of bytes."""
+    return backend.rank(invalid.view(np.uint8), "maximum", size, stride) > 0
 
 
 def _absolute(kernel: Linear) -> Linear:
@@ -134,8 +139,7 @@ def _rank(
     op: Rank, window: np.ndarray, valid: np.ndarray, stride: Stride, policy: Policy
 ) -> tuple[np.ndarray, np.ndarray]:
     if policy.mode != "ignore":
-        touched = backend.rank((valid < 0.5).view(np.uint8), "maximum", op.size, stride) > 0
-        return backend.rank(window, op.statistic, op.size, stride), ~touched
+        return backend.rank(window, op.statistic, op.size, stride), ~_in_box(valid < 0.5, op.size, stride)
     count = backend.separable(valid.astype(window.dtype), [np.ones(n, np.float32) for n in op.size], stride)
     ok = (count >= (policy.min_valid - SHARE_TOLERANCE) * float(np.prod(op.size))) & (count > 0.5)
     if op.statistic in ("minimum", "maximum"):

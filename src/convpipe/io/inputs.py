@@ -63,6 +63,34 @@ class _Piece(NamedTuple):
     held: list[tuple[bool, bool]] | None
 
 
+def _use_cached(cache: ChunkCache, piece: _Piece, part: np.ndarray, out: np.ndarray) -> None:
+    """Copy a cached part into place; a chunk the block holds entirely now keeps only its strips."""
+    out[piece.target] = part
+    if piece.held is not None:
+        cache.release(piece.index, piece.held)
+
+
+def _read_through(
+    cache: ChunkCache,
+    piece: _Piece,
+    out: np.ndarray,
+    decode: Callable[[tuple[int, ...]], tuple[np.ndarray, Any]],
+    signature: Any = None,
+) -> None:
+    """One chunk through the cache: its cached part, or decoded here (``decode`` returns the
+    chunk and its signature) while other threads wait for it, then offered to the cache."""
+    part, mine = cache.claim(piece.index, piece.need, signature)
+    if not mine:
+        _use_cached(cache, piece, part, out)
+        return
+    chunk = None
+    try:
+        chunk, signature = decode(piece.index)
+        out[piece.target] = chunk[piece.need]
+    finally:
+        cache.done(piece.index, chunk, piece.held, signature)
+
+
 class ArrayReader:
     """An input array: its shape, dtype and storage chunks, and reads of index sets.
 
@@ -156,20 +184,7 @@ class ArrayReader:
             self._read_pieces_at_once(cache, pieces, out)
             return out
         for piece in pieces:
-            index, need, target, held = piece
-            signature = files.signature(index)
-            part, mine = cache.claim(index, need, signature)
-            if not mine:
-                out[target] = part
-                if held is not None:
-                    cache.release(index, held)
-                continue
-            chunk = None
-            try:
-                chunk, signature = files.decode(index)
-                out[target] = chunk[need]
-            finally:
-                cache.done(index, chunk, held, signature)
+            _read_through(cache, piece, out, files.decode, files.signature(piece.index))
         return out
 
     def _read_pieces_at_once(self, cache: ChunkCache, pieces: list[_Piece], out: np.ndarray) -> None:
@@ -189,9 +204,7 @@ class ArrayReader:
                 elif state == "busy":
                     busy.append(piece)
                 else:
-                    out[piece.target] = part
-                    if piece.held is not None:
-                        cache.release(piece.index, piece.held)
+                    _use_cached(cache, piece, part, out)
             if mine:
                 chunks = list(self._read_chunks([piece.index for piece in mine]))
             for piece, chunk in zip(mine, chunks, strict=True):
@@ -201,18 +214,7 @@ class ArrayReader:
             for piece, chunk in zip(mine, chunks, strict=True):
                 cache.done(piece.index, chunk, piece.held)
         for piece in busy:  # read by another thread meanwhile: usually cached by now
-            part, claimed = cache.claim(piece.index, piece.need)
-            if not claimed:
-                out[piece.target] = part
-                if piece.held is not None:
-                    cache.release(piece.index, piece.held)
-                continue
-            chunk = None
-            try:
-                (chunk,) = self._read_chunks([piece.index])
-                out[piece.target] = chunk[piece.need]
-            finally:
-                cache.done(piece.index, chunk, piece.held)
+            _read_through(cache, piece, out, lambda index: (self._read_chunks([index])[0], None))
 
     def _read_chunks(self, indices: list[tuple[int, ...]]) -> list[np.ndarray]:
         """Whole storage chunks through zarr, all requests in flight at once."""
