@@ -371,15 +371,14 @@ def is_complete(
     path: str | os.PathLike[str], shape: Sequence[int], chunks: Sequence[int], seed: int
 ) -> bool:
     """True if `path` holds a finished sample made with these parameters."""
-    a = _attrs(path)
-    return bool(
-        a
-        and a.get("complete") is True
-        and a.get("seed") == seed
-        and a.get("shape") == list(shape)
-        and a.get("chunks") == list(chunks)
-        and a.get("version") == VERSION
-    )
+    recorded = _attrs(path)
+    made = _made_with(recorded, seed=seed, shape=list(shape), chunks=list(chunks), version=VERSION)
+    return made and recorded is not None and recorded.get("complete") is True
+
+
+def _made_with(recorded: dict | None, **expected: object) -> bool:
+    """Whether the parameters a file records are all these (None: it records none)."""
+    return recorded is not None and all(recorded.get(key) == value for key, value in expected.items())
 
 
 def make_sample(
@@ -816,13 +815,8 @@ def is_satellite_complete(
 ) -> bool:
     """True if ``path`` holds a satellite scene made with these parameters (files are
     published whole, so one that exists is complete)."""
-    a = satellite_parameters(path)
-    return bool(
-        a
-        and a.get("seed") == seed
-        and a.get("shape") == list(shape)
-        and a.get("tile") == list(tile)
-        and a.get("version") == SATELLITE_VERSION
+    return _made_with(
+        satellite_parameters(path), seed=seed, shape=list(shape), tile=list(tile), version=SATELLITE_VERSION
     )
 
 
