@@ -861,3 +861,38 @@ def test_overwrite_of_a_geotiff_waits_out_a_dead_runs_lease_then_takes_over(
     assert status is not None and status["complete"] is True
     top = json.loads((lock / max(p.name for p in lock.iterdir())).read_text())
     assert top["released"] is True and top["token"] != record["token"]  # ours, and let go
+
+
+def test_a_cog_run_killed_while_staging_leaves_the_old_file_and_the_next_run_clears_its_staging(
+    tmp_path: Path, image: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kill -9 while a COG's levels are staged: the published file is still the old one, and
+    the next --overwrite takes over at once, publishes a whole COG and leaves no staging file."""
+    config = tmp_path / "config.yaml"
+    document = {
+        "input": {"path": str(image), "chunks": [32, 32]},
+        "output": {"path": "out.tif", "format": "cog", "chunks": [32, 32]},
+        "pipeline": CHAIN,
+    }
+    config.write_text(yaml.safe_dump(document))
+    out = tmp_path / "out.tif"
+    code, _, err = invoke(capsys, "run", config, "--quiet")
+    assert code == 0, err
+    older = out.read_bytes()
+    process = start("run", config, "--overwrite", "--quiet")
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob("out.tif.convpipe-partial.level*")):
+        if process.poll() is not None:
+            pytest.fail(f"the run ended before it could be stopped: {process.communicate()}")
+        assert time.monotonic() < deadline, "no level was staged in time"
+        time.sleep(0.01)
+    kill(process)
+    assert out.read_bytes() == older  # never half a file under the output's name
+    code, _, err = invoke(capsys, "run", config, "--overwrite", "--quiet")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("out")) == [
+        "out.tif",
+        "out.tif.convpipe-lock",
+    ]
+    with tifffile.TiffFile(out) as tif:
+        assert len(tif.series[0].levels) > 1  # a whole COG, overviews included
