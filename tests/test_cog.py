@@ -8,6 +8,7 @@ convpipe's streaming builder; the builder's peak memory is measured with tracema
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import tracemalloc
 import warnings
@@ -264,9 +265,12 @@ def test_the_validator_refuses_a_pyramid_laid_out_as_tifffile_writes_it(tmp_path
 # --- layout -------------------------------------------------------------------------------------
 
 
-def rows_of(image: np.ndarray, height: int, block_width: int) -> Iterator[list[np.ndarray]]:
-    for top in range(0, image.shape[0], height):
-        yield [image[top : top + height, left : left + block_width] for left in range(0, image.shape[1], block_width)]
+def blocks_of(image: np.ndarray, block: int) -> tuple[Iterator[tuple[tuple[int, ...], np.ndarray]], list[list[int]]]:
+    """A 2-D image as square blocks in the COG writer's order, and their layout."""
+    chunks = [[min(block, n - start) for start in range(0, n, block)] for n in image.shape]
+    order = cog_output.z_order([len(c) for c in chunks])
+    items = ((index, image[index[0] * block :][:block, index[1] * block :][:, :block]) for index in order)
+    return items, chunks
 
 
 def test_bigtiff_only_when_a_classic_tiff_cannot_hold_the_file(tmp_path: Path) -> None:
@@ -279,7 +283,7 @@ def test_bigtiff_only_when_a_classic_tiff_cannot_hold_the_file(tmp_path: Path) -
     files = {}
     for big in (False, True):
         partial = tmp_path / f"{big}.tif"
-        levels = cog_output.stage(rows_of(image, 256, 256), partial, image.shape, (128, 128), "zstd", "average", None)
+        levels = cog_output.stage(*blocks_of(image, 256), partial, (128, 128), "zstd", "average", None)
         assert cog.write(partial, levels, samples, [], [], bigtiff=True if big else None) == big
         cog_output.remove_levels(partial)
         files[big] = partial
@@ -292,35 +296,63 @@ def test_bigtiff_only_when_a_classic_tiff_cannot_hold_the_file(tmp_path: Path) -
     assert sorted(p.name for p in tmp_path.iterdir()) == ["False.tif", "True.tif"]  # no staged level left
 
 
-def test_the_overview_builder_holds_a_few_tile_rows_whatever_the_image_height(tmp_path: Path) -> None:
-    """tracemalloc sees numpy's buffers: the peak while a 4x taller image streams through the
-    builder (rows generated on the fly, tiles encoded and staged) is that of the smaller."""
-    width, tile = 2048, (128, 128)
-    tile_row = tile[0] * width * 4  # bytes of one row of float32 tiles: 1 MiB
+@pytest.mark.parametrize("block", [128, 384, 1024])
+def test_overviews_do_not_depend_on_the_blocks_they_are_built_from(tmp_path: Path, block: int) -> None:
+    """Blocks one tile, three tiles (not a power of two: overview tiles span blocks) and
+    more than the image wide, given in the writer's order: the same levels as the reference."""
+    image = image_with_nodata((1101, 899), "float32", -9999.0)
+    partial = tmp_path / "out.tif"
+    levels = cog_output.stage(*blocks_of(image, block), partial, (128, 128), "deflate", "average", -9999.0)
+    cog.write(partial, levels, cog.Samples(1, np.dtype(np.float32), (128, 128), "deflate"), [], [])
+    cog_output.remove_levels(partial)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # rasterio: not georeferenced
+        assert_valid_cog(partial)
+        got = read_levels(partial)
+    expected = reference_levels(image[None], len(got) - 1, "average", -9999.0)
+    for got_level, expected_level in zip(got, expected, strict=True):
+        assert_same_bits(got_level, expected_level)
+    with tifffile.TiffFile(partial) as tif:  # tiles in TIFF order, each level after the smaller ones
+        offsets = [np.asarray(page.dataoffsets) for page in tif.pages]
+    assert all((np.diff(o) > 0).all() for o in offsets)
+    assert all(before[-1] < after[0] for before, after in itertools.pairwise(reversed(offsets)))
 
-    def rows(height: int) -> Iterator[list[np.ndarray]]:
+
+def test_the_writer_holds_a_few_tiles_per_level_whatever_the_image_size(tmp_path: Path) -> None:
+    """tracemalloc sees numpy's buffers: the peak while an image 4x wider and 4x taller streams
+    through the writer (blocks generated on the fly, in its order; tiles halved, encoded and
+    staged) is that of the smaller one."""
+    tile, block = (128, 128), 512
+    block_bytes = block * block * 4
+
+    def blocks(side: int) -> tuple[Iterator[tuple[tuple[int, ...], np.ndarray]], list[list[int]]]:
         generator = np.random.default_rng(0)
-        for _ in range(height // tile[0]):
-            row = generator.random((tile[0], width), dtype=np.float32)
-            yield [row[:, left : left + 512] for left in range(0, width, 512)]
+        chunks = [[block] * (side // block)] * 2
+        order = cog_output.z_order([side // block] * 2)
+        return ((index, generator.random((block, block), dtype=np.float32)) for index in order), chunks
 
     peaks = []
-    for height in (1024, 4096):
+    for side in (1024, 4096):
         tracemalloc.start()
         try:
-            levels = cog_output.stage(
-                rows(height), tmp_path / "m.tif", (height, width), tile, "deflate", "average", None
-            )
+            levels = cog_output.stage(*blocks(side), tmp_path / "m.tif", tile, "deflate", "average", None)
             peaks.append(tracemalloc.get_traced_memory()[1])
         finally:
             tracemalloc.stop()
-        assert levels[0].byte_counts.size == height // tile[0] * width // tile[1]
+        assert levels[0].byte_counts.size == (side // tile[0]) ** 2
         assert max(levels[-1].shape) <= 128 < max(levels[-2].shape)  # halved until one tile holds it
         cog_output.remove_levels(tmp_path / "m.tif")
     small, large = peaks
-    print(f"overview builder peaks: {small / 2**20:.2f} MiB (1024 rows), {large / 2**20:.2f} MiB (4096 rows)")
+    print(f"COG writer peaks: {small / 2**20:.2f} MiB (1024²), {large / 2**20:.2f} MiB (4096²)")
     assert large < 1.25 * small, peaks
-    assert large < 6 * tile_row, peaks  # the image is 32 MiB: 32 tile rows
+    assert large < 4 * block_bytes, peaks  # the larger image is 64 MiB: 64 blocks
+
+
+def test_z_order_visits_every_block_once_band_after_band() -> None:
+    order = cog_output.z_order([2, 3, 5])
+    assert sorted(order) == sorted(np.ndindex(2, 3, 5)) and len(set(order)) == 30
+    assert [index[0] for index in order] == [0] * 15 + [1] * 15
+    assert order[:4] == [(0, 0, 0), (0, 0, 1), (0, 1, 0), (0, 1, 1)]  # a 2x2 square first
 
 
 # --- object stores, configs, failures -----------------------------------------------------------

@@ -214,16 +214,22 @@ def _gather(*blocks: np.ndarray) -> list[np.ndarray]:
     return list(blocks)
 
 
-def block_rows(plan: Plan, source: Source, options: dict[str, Any] | None = None) -> Iterator[list[np.ndarray]]:
-    """The output as rows of blocks (left to right), top to bottom and band after band, for
-    writers that must go in file order (GeoTIFF). The blocks of a row are computed in
-    parallel, and the next row while the caller writes this one: memory holds two rows.
-    ``options`` go to ``compute`` (the scheduler and its pool).
+def computed_blocks(
+    plan: Plan,
+    source: Source,
+    indices: Sequence[tuple[int, ...]],
+    batch: int,
+    options: dict[str, Any] | None = None,
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """The blocks at ``indices``, in that order, for writers that take them in an order of
+    their own (a TIFF's). ``batch`` blocks are computed at once, in parallel, and the next
+    batch while the caller takes this one: memory holds two batches, whatever the image's
+    size. ``options`` go to ``compute`` (the scheduler and its pool).
     """
     options = options or {}
     builder = GraphBuilder(plan, source)
     pending = [(k, key) for k, key in enumerate(builder.value_ranges) if key is not None]
-    if pending:  # the global ranges, once, not once per row
+    if pending:  # the global ranges, once, not once per batch
         final = f"convpipe-ranges-{builder.token}"
         builder.tasks[final] = (tuple, [key for _, key in pending])
         ranges = Delayed(final, HighLevelGraph.from_collections(final, builder.tasks, dependencies=())).compute(
@@ -231,24 +237,24 @@ def block_rows(plan: Plan, source: Source, options: dict[str, Any] | None = None
         )
         for (k, _), value in zip(pending, ranges, strict=True):
             builder.value_ranges[k] = value
-    grid = [range(len(c)) for c in plan.chunks]
-    rows = list(itertools.product(*grid[:-1]))  # every block index but the last axis (x)
+    batches = [list(indices[i : i + batch]) for i in range(0, len(indices), max(1, batch))]
 
-    def compute_row(row: tuple[int, ...]) -> list[np.ndarray]:
+    def compute_batch(number: int) -> list[np.ndarray]:
         builder.tasks = {}
-        keys = builder.block_tasks("convpipe-row", _compute, indices=[(*row, j) for j in grid[-1]])
-        final = f"convpipe-row-{builder.token}-{'.'.join(map(str, row))}"
+        keys = builder.block_tasks("convpipe-batch", _compute, indices=batches[number])
+        final = f"convpipe-batch-{builder.token}-{number}"
         builder.tasks[final] = (_gather, *keys)
         graph = HighLevelGraph.from_collections(final, builder.tasks, dependencies=())
         return list(Delayed(final, graph).compute(**options))
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as ahead:
-        upcoming = ahead.submit(compute_row, rows[0]) if rows else None
-        for following in [*rows[1:], None]:
+        upcoming = ahead.submit(compute_batch, 0) if batches else None
+        for number, members in enumerate(batches):
             assert upcoming is not None
-            current = upcoming.result()
-            upcoming = ahead.submit(compute_row, following) if following is not None else None
-            yield current
+            blocks = upcoming.result()
+            upcoming = ahead.submit(compute_batch, number + 1) if number + 1 < len(batches) else None
+            yield from zip(members, blocks, strict=True)
+            del blocks
 
 
 def write_graph(

@@ -238,22 +238,27 @@ class Plan:
         pyramid = below * (self.output_dtype.itemsize + itemsize) + math.prod(self.block_shape) * itemsize
         return max(chain, pyramid)
 
-    def writer_bytes(self) -> int:
-        """What the writer holds besides blocks: a GeoTIFF's two rows of blocks and its
-        compression buffer (Zarr writes each block where it is computed); a COG's also the
-        row's encoded tiles and its overviews' unfinished tile rows (under two full-width ones)."""
+    def writer_bytes(self, workers: int) -> int:
+        """What a GeoTIFF or COG writer holds besides the blocks being computed (Zarr writes
+        each block where it is computed): the batch of blocks it is taking (two per worker),
+        and a GeoTIFF's row of blocks and compression buffer, or a COG's tiles of a block being
+        encoded and its unfinished overview tiles (a few per level)."""
         if self.storage.format not in TIFF_FORMATS:
             return 0
-        row = math.prod(self.block_shape[:-1]) * self.output_shape[-1] * self.output_dtype.itemsize
+        block = math.prod(self.block_shape) * self.output_dtype.itemsize
+        taken = 2 * workers * block
         if self.storage.format == "cog":
             assert self.storage.chunks is not None
-            tile_row = self.storage.chunks[-2] * self.output_shape[-1] * self.output_dtype.itemsize
-            return 3 * row + 2 * tile_row + GEOTIFF_ENCODE_BYTES
-        return 2 * row + GEOTIFF_ENCODE_BYTES
+            tile = math.prod(self.storage.chunks) * self.output_dtype.itemsize
+            tiles = [-(-n // t) for n, t in zip(self.output_shape[-2:], self.storage.chunks[-2:], strict=True)]
+            levels = 1 + math.ceil(math.log2(max(tiles)))  # halved until one tile holds it
+            return taken + 2 * block + 4 * levels * tile
+        row = math.prod(self.block_shape[:-1]) * self.output_shape[-1] * self.output_dtype.itemsize
+        return taken + row + GEOTIFF_ENCODE_BYTES
 
     def memory_estimate(self, workers: int) -> int:
         """Peak bytes of a run with ``workers`` blocks computed at once, the process included."""
-        return PROCESS_BYTES + self.cache_bytes + self.writer_bytes() + workers * self.memory_per_block()
+        return PROCESS_BYTES + self.cache_bytes + self.writer_bytes(workers) + workers * self.memory_per_block()
 
     def fitted(self, budget: int, workers: int) -> Plan:
         """The same plan fitted to ``budget``: first without the chunk cache, then with blocks

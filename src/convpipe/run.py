@@ -21,7 +21,7 @@ from typing import Any, cast
 import numpy as np
 
 from convpipe.config import Config
-from convpipe.engine import block_rows, pyramid_graph, trial_block, write_graph
+from convpipe.engine import computed_blocks, pyramid_graph, trial_block, write_graph
 from convpipe.errors import ConfigError, ConvpipeError, RunError
 from convpipe.io import lifecycle, stores
 from convpipe.io.geotiff import GeoInfo
@@ -267,9 +267,9 @@ def run(
             check_resumable(status, record)
             if status.get("complete"):  # another run finished it while this one waited
                 return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
-        job = _Job(config, plan, record, scheduling.options, lease, progress)
+        job = _Job(config, plan, record, scheduling.options, scheduling.slots, lease, progress)
         if target.streamed:
-            written, kept, graph_seconds = _write_rows(cast(StreamOutput, target), job), 0, 0.0
+            written, kept, graph_seconds = _write_stream(cast(StreamOutput, target), job), 0, 0.0
         else:
             written, kept, graph_seconds = _write_blocks(cast(BlockOutput, target), job, keep=status is not None)
     return RunResult(
@@ -291,6 +291,7 @@ class _Job:
     plan: Plan
     record: dict[str, Any]  # the provenance the output keeps
     options: dict[str, Any]  # for ``compute``: the scheduler
+    slots: int  # blocks the scheduler computes at once
     lease: lifecycle.Lease
     progress: str | None
 
@@ -317,25 +318,25 @@ def _write_blocks(target: BlockOutput, job: _Job, *, keep: bool) -> tuple[int, i
     return int(written), len(done), graph_seconds
 
 
-def _write_rows(target: StreamOutput, job: _Job) -> int:
-    """Every row of blocks in file order, into a file published only when whole."""
+def _write_stream(target: StreamOutput, job: _Job) -> int:
+    """Every block in the writer's order, into a file published only when whole."""
     plan, lease, out = job.plan, job.lease, target.location
     done = [0]
-    per_row = len(plan.chunks[-1])
 
-    def rows() -> Iterator[list[np.ndarray]]:
-        for row in block_rows(plan, input_spec(job.config, plan), job.options):
+    def blocks() -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+        order = target.block_order(plan)
+        for item in computed_blocks(plan, input_spec(job.config, plan), order, 2 * job.slots, job.options):
             if lease.lost.is_set():
                 raise lifecycle.LeaseLost(lease.lost_reason or f"output {out}: this run lost its lease; it stops")
-            done[0] += per_row  # computed is done: the writer stops at its last tile
-            yield row
+            done[0] += 1  # computed is done: the writer stops at its last tile
+            yield item
 
     geo = output_geo(job.config, plan)
     if geo is None and plan.masked and plan.output_nodata is not None:  # not a GeoTIFF input
         geo = GeoInfo.nodata_only(format_nodata(plan.output_nodata))
     with _progress(job.progress, out, plan, lambda: done[0], poll=False):
         # renewed: still ours before the file is published
-        target.write(rows(), plan, job.record, geo, lease.renew)
+        target.write(blocks(), plan, job.record, geo, lease.renew)
     return plan.num_blocks
 
 

@@ -66,10 +66,13 @@ def scheduler(
     if name == "threads":
         import concurrent.futures
 
-        pool = concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1, thread_name_prefix="convpipe")
+        size = workers or os.cpu_count() or 1
+        pool = concurrent.futures.ThreadPoolExecutor(size, thread_name_prefix="convpipe")
         try:
             yield Scheduling(
-                lambda: pool.shutdown(wait=True, cancel_futures=True), {"scheduler": "threads", "pool": pool}
+                lambda: pool.shutdown(wait=True, cancel_futures=True),
+                {"scheduler": "threads", "pool": pool},
+                size,
             )
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -79,7 +82,7 @@ def scheduler(
         if name == "processes":
             settings["multiprocessing.initializer"] = _worker_process_setup
         with dask.config.set(settings):
-            yield Scheduling()
+            yield Scheduling(slots=workers or os.cpu_count() or 1)
         return
     from distributed import Client, LocalCluster
 
@@ -91,19 +94,24 @@ def scheduler(
             dashboard_address=":0",  # any free port: never collide with another cluster
             processes=True,
         )
-        with cluster, Client(cluster):
-            yield Scheduling()
+        with cluster, Client(cluster) as client:
+            yield Scheduling(slots=_threads(client))
         return
     try:
         client = Client(name, timeout="10s")
     except OSError as error:
         raise RunError(f"--scheduler {name}: cannot reach the scheduler ({error})") from None
     with client:
-        yield Scheduling()
+        yield Scheduling(slots=_threads(client))
 
 
 def _nothing() -> None:
     pass
+
+
+def _threads(client: Any) -> int:
+    """The threads of a dask.distributed cluster's workers: how many blocks it computes at once."""
+    return max(1, sum(client.nthreads().values()))
 
 
 @dataclass(frozen=True)
@@ -112,3 +120,4 @@ class Scheduling:
 
     drain: Callable[[], None] = _nothing
     options: dict[str, Any] = field(default_factory=dict)
+    slots: int = field(default_factory=lambda: os.cpu_count() or 1)  # blocks computed at once

@@ -14,11 +14,11 @@ IFD sits at byte 8 (16 in a BigTIFF), which both validators accept.
 
 from __future__ import annotations
 
-import shutil
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -86,12 +86,14 @@ def encode_tile(tile: np.ndarray, shape: tuple[int, int], codec: str) -> bytes:
 
 @dataclass(frozen=True)
 class Level:
-    """One resolution as staged: its shape, and its tiles' encoded sizes in TIFF order (band
-    after band, tile rows top to bottom, tiles left to right), stored back to back in ``path``."""
+    """One resolution as staged: its shape, and for its tiles in TIFF order (band after band,
+    tile rows top to bottom, tiles left to right) their encoded sizes and where each starts in
+    ``path`` (tiles are staged in the order they are made, not in TIFF order)."""
 
     shape: tuple[int, int]
     path: Path
     byte_counts: np.ndarray  # uint64, one per tile
+    positions: np.ndarray  # uint64, one per tile
 
     @property
     def nbytes(self) -> int:
@@ -251,10 +253,28 @@ def write(
             out.write(_encode_ifd(ifd, starts[k], following, bigtiff))
         assert out.tell() == data_start, (out.tell(), data_start)
         for level in reversed(levels):
-            with open(level.path, "rb") as source:
-                shutil.copyfileobj(source, out, _COPY_BYTES)
+            _copy_tiles(level, out)
         assert out.tell() == data_start + sum(level.nbytes for level in levels)
     return bigtiff
+
+
+def _copy_tiles(level: Level, out: BinaryIO) -> None:
+    """A level's staged tiles into ``out`` in TIFF order; tiles staged back to back in that
+    order are copied together, up to ``_COPY_BYTES`` at a time."""
+    ends = level.positions + level.byte_counts
+    breaks = np.flatnonzero(level.positions[1:] != ends[:-1]) + 1  # where a run of tiles ends
+    with open(level.path, "rb") as source:
+        for first, last in zip([0, *breaks], [*breaks, level.positions.size], strict=True):
+            if first == last:
+                continue
+            source.seek(int(level.positions[first]))
+            remaining = int(ends[last - 1] - level.positions[first])
+            while remaining:
+                data = source.read(min(remaining, _COPY_BYTES))
+                if not data:
+                    raise ValueError(f"{level.path}: staged tiles end early")
+                out.write(data)
+                remaining -= len(data)
 
 
 def tile_count(shape: tuple[int, int], tile: tuple[int, int], bands: int) -> int:

@@ -2,14 +2,14 @@
 
 Everything but ``write`` is the GeoTIFF output's: the lease beside the file, the provenance in
 GDAL's metadata tag, the partial file published whole (renamed, or uploaded after a free-space
-check). ``write`` streams the rows of blocks once, in file order, and builds the overviews as
-they pass: each row is cut into full-resolution tiles and halved into the first overview; each
-overview keeps only the rows it has not yet cut into tiles (under one tile row) and an odd row
-waiting for its pair, and halves what it receives into the next. So the writer holds the row at
-hand plus less than two tile rows of overviews (their widths halve level by level), whatever the
-image's height, and never reads back what it wrote. Encoded tiles go to one staging file per
-level; then ``convpipe.io.cog`` writes the header and every IFD and copies the levels after
-them, smallest first. The staging files need about as much room again as the COG.
+check). ``write`` takes the blocks once, band after band and each band's in Z order, and
+builds the overviews as they pass: every whole tile is encoded and halved into its quarter of
+the tile above it (``Pyramid``). The writer holds the blocks at hand, a few unfinished tiles
+per overview level and the tiles being encoded: its memory does not grow with the image, and
+it never reads back what it wrote. Encoded tiles are appended to one staging file per level,
+in the order they are made; then ``convpipe.io.cog`` writes the header and every IFD and
+copies each level's tiles after them in TIFF order, smallest level first. The staging files
+need about as much room again as the COG.
 
 Overviews: ``average`` (the default) is the mean of the 2x2 samples of the level below that
 are not nodata (the output's GDAL nodata value, and NaN for floats), nodata where all are; at an
@@ -23,10 +23,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import glob
+import itertools
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -100,70 +101,56 @@ def halve(data: np.ndarray, resampling: str, nodata: float | None) -> np.ndarray
     return out
 
 
-class Overviews:
-    """Cuts one band's rows into tiles of every level, full resolution first, building each
-    overview from the level below as rows arrive. ``feed`` returns the tiles completed, each
-    level's in TIFF order (tile rows top to bottom, tiles left to right)."""
+class Pyramid:
+    """Every level's tiles of one band, from its full-resolution tiles in any order. A tile is
+    halved as soon as it is whole, into its quarter of the tile above it (tiles are an even
+    number of samples wide and high, so halving a tile is halving its level there); a tile of
+    an overview is whole once its (up to four) tiles below have arrived. What waits is the
+    overview tiles with some of their quarters: a few per level when the blocks come in
+    ``z_order``, whatever the image's size."""
 
-    def __init__(self, levels: int, tile: tuple[int, int], resampling: str, nodata: float | None) -> None:
-        self.levels, self.tile, self.resampling, self.nodata = levels, tile, resampling, nodata
-        self.pending: list[np.ndarray | None] = [None] * (levels + 1)  # rows not yet cut into tiles
-        self.carry: list[np.ndarray | None] = [None] * (levels + 1)  # an odd row awaiting its pair
+    def __init__(self, shapes: list[tuple[int, int]], tile: tuple[int, int], resampling: str, nodata: float | None):
+        self.shapes, self.tile, self.resampling, self.nodata = shapes, tile, resampling, nodata
+        self.waiting: dict[tuple[int, int, int], tuple[np.ndarray, list[int]]] = {}  # tile, quarters to come
 
-    def feed(self, blocks: list[np.ndarray], last: bool) -> list[tuple[int, np.ndarray]]:
-        """A row of full-resolution blocks (2-D, left to right, whole tiles wide); ``last``:
-        the band's last row, after which every level is flushed."""
+    def add(self, level: int, row: int, column: int, data: np.ndarray) -> list[tuple[int, int, int, np.ndarray]]:
+        """A whole tile of ``level``: it and every overview tile it completes."""
+        done = [(level, row, column, data)]
+        if level + 1 == len(self.shapes):
+            return done
         ty, tx = self.tile
-        height = blocks[0].shape[0]
-        tiles = [
-            (0, block[top : top + ty, left : left + tx])
-            for top in range(0, height, ty)
-            for block in blocks
-            for left in range(0, block.shape[1], tx)
-        ]
-        if self.levels:
-            if height % 2 and not last:  # the plan makes blocks whole tiles high
-                raise RunError(f"COG output: a row of blocks {height} samples high is not the last; cannot halve it")
-            halves = [halve(block, self.resampling, self.nodata) for block in blocks]
-            tiles += self._add(1, np.concatenate(halves, axis=1) if len(halves) > 1 else halves[0])
-        if last:
-            tiles += self._flush()
-        return tiles
+        key = (level + 1, row // 2, column // 2)
+        if key not in self.waiting:
+            rows, columns = cog.tiles_across(self.shapes[level], self.tile)
+            height, width = self.shapes[level + 1]
+            top, left = key[1] * ty, key[2] * tx
+            shape = (min(ty, height - top), min(tx, width - left))
+            quarters = min(2, rows - 2 * key[1]) * min(2, columns - 2 * key[2])
+            self.waiting[key] = (np.empty(shape, data.dtype), [quarters])
+        above, left_over = self.waiting[key]
+        half = halve(data, self.resampling, self.nodata)
+        top, left = row % 2 * ty // 2, column % 2 * tx // 2
+        above[top : top + half.shape[0], left : left + half.shape[1]] = half
+        left_over[0] -= 1
+        if not left_over[0]:
+            del self.waiting[key]
+            done += self.add(*key, above)
+        return done
 
-    def _add(self, level: int, rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        ty, tx = self.tile
-        before = self.pending[level]
-        pending = rows if before is None else np.concatenate([before, rows])
-        whole = pending.shape[0] // ty * ty
-        tiles = [
-            (level, pending[top : top + ty, left : left + tx])
-            for top in range(0, whole, ty)
-            for left in range(0, pending.shape[1], tx)
-        ]
-        self.pending[level] = pending[whole:].copy() if whole < pending.shape[0] else None
-        if level < self.levels:
-            odd = self.carry[level]
-            source = rows if odd is None else np.concatenate([odd, rows])
-            even = source.shape[0] // 2 * 2
-            self.carry[level] = source[even:].copy() if even < source.shape[0] else None
-            if even:
-                tiles += self._add(level + 1, halve(source[:even], self.resampling, self.nodata))
-        return tiles
 
-    def _flush(self) -> list[tuple[int, np.ndarray]]:
-        """The band is done: halve each level's odd last row, cut each level's last tile row."""
-        tiles: list[tuple[int, np.ndarray]] = []
-        tx = self.tile[1]
-        for level in range(1, self.levels + 1):
-            odd = self.carry[level]
-            if odd is not None:
-                self.carry[level] = None
-                tiles += self._add(level + 1, halve(odd, self.resampling, self.nodata))
-            rest = self.pending[level]
-            if rest is not None:
-                self.pending[level] = None
-                tiles += [(level, rest[:, left : left + tx]) for left in range(0, rest.shape[1], tx)]
-        return tiles
+def z_order(grid: Sequence[int]) -> list[tuple[int, ...]]:
+    """Block indices band after band (a leading axis), each band's blocks in Morton (Z) order:
+    four neighbours, then the next four, so that the overview tiles built from them are whole
+    soon after they are begun (``Pyramid``)."""
+
+    def morton(cell: tuple[int, int]) -> int:
+        code = 0
+        for bit in range(max(cell).bit_length()):
+            code |= ((cell[0] >> bit) & 1) << (2 * bit + 1) | ((cell[1] >> bit) & 1) << (2 * bit)
+        return code
+
+    cells = sorted(itertools.product(range(grid[-2]), range(grid[-1])), key=morton)
+    return [(*lead, *cell) for lead in itertools.product(*map(range, grid[:-2])) for cell in cells]
 
 
 class BandStatistics:
@@ -219,56 +206,67 @@ class BandStatistics:
 
 
 def stage(
-    rows: Iterator[list[np.ndarray]],
+    blocks: Iterator[tuple[tuple[int, ...], np.ndarray]],
+    chunks: Sequence[Sequence[int]],
     partial: Path,
-    shape: tuple[int, ...],
     tile: tuple[int, int],
     codec: str,
     resampling: str,
     nodata: float | None,
     statistics: BandStatistics | None = None,
 ) -> list[cog.Level]:
-    """Encode every level's tiles from rows of blocks (top to bottom, band after band; a
-    band's block is (1, rows, columns)) into one staging file per level; ``statistics``
-    sees every full-resolution sample on the way."""
-    bands, height, width = (1, *shape) if len(shape) == 2 else shape
-    band = 0
+    """Encode every level's tiles from the output's blocks (in any order; ``chunks``: the
+    plan's block layout, (bands,) rows, columns) into one staging file per level, appended in
+    the order they are made; ``statistics`` sees every full-resolution sample on the way."""
+    starts = [np.concatenate([[0], np.cumsum(c)]) for c in chunks]
+    bands, height, width = (1, *(int(s[-1]) for s in starts)) if len(chunks) == 2 else (int(s[-1]) for s in starts)
     shapes = cog.level_shapes(height, width, tile)
+    across = [cog.tiles_across(shape, tile) for shape in shapes]
     paths = [level_file(partial, k) for k in range(len(shapes))]
     counts = [np.zeros(cog.tile_count(s, tile, bands), np.uint64) for s in shapes]
+    positions = [np.zeros(c.size, np.uint64) for c in counts]
     filled = [0] * len(shapes)
+    pyramids = [Pyramid(shapes, tile, resampling, nodata) for _ in range(bands)]
     workers = min(8, os.cpu_count() or 1)
     with concurrent.futures.ThreadPoolExecutor(workers) as pool, contextlib.ExitStack() as files:
         out = [files.enter_context(open(path, "wb")) for path in paths]
 
-        def encode(item: tuple[int, np.ndarray]) -> bytes:
-            return cog.encode_tile(item[1], tile, codec)
+        def encode(item: tuple[int, int, int, int, np.ndarray]) -> bytes:
+            return cog.encode_tile(item[-1], tile, codec)
 
-        builder, done = Overviews(len(shapes) - 1, tile, resampling, nodata), 0
-        for blocks in rows:
-            planes = [block.reshape(block.shape[-2:]) for block in blocks]
-            if statistics is not None:
-                for plane in planes:
-                    statistics.add(band, plane)
-            done += planes[0].shape[0]
-            batch = builder.feed(planes, last=done >= height)
-            for (level, _), data in zip(batch, pool.map(encode, batch), strict=True):
+        for index, block in blocks:
+            corner = [int(s[i]) for s, i in zip(starts, index, strict=True)]
+            first_band, top, left = (0, *corner) if len(chunks) == 2 else corner
+            made = []
+            for b, plane in enumerate(block.reshape(-1, *block.shape[-2:])):
+                if statistics is not None:
+                    statistics.add(first_band + b, plane)
+                for y in range(0, plane.shape[0], tile[0]):
+                    for x in range(0, plane.shape[1], tile[1]):
+                        row, column = (top + y) // tile[0], (left + x) // tile[1]
+                        found = pyramids[first_band + b].add(0, row, column, plane[y : y + tile[0], x : x + tile[1]])
+                        made += [(first_band + b, *item) for item in found]
+            for (band, level, row, column, _), data in zip(made, pool.map(encode, made), strict=True):
+                rows, columns = across[level]
+                number = (band * rows + row) * columns + column  # TIFF order
+                positions[level][number] = out[level].tell()
+                counts[level][number] = len(data)
                 out[level].write(data)
-                counts[level][filled[level]] = len(data)
                 filled[level] += 1
-            if done >= height:
-                done, builder, band = 0, Overviews(len(shapes) - 1, tile, resampling, nodata), band + 1
     if filled != [c.size for c in counts]:
-        raise RunError(f"COG output: the rows ended after {filled[0]} of {counts[0].size} full-resolution tiles")
-    return [cog.Level(s, p, c) for s, p, c in zip(shapes, paths, counts, strict=True)]
+        raise RunError(f"COG output: the blocks ended after {filled[0]} of {counts[0].size} full-resolution tiles")
+    return [cog.Level(*level) for level in zip(shapes, paths, counts, positions, strict=True)]
 
 
 class CogOutput(GeoTiffOutput):
     """A Cloud-Optimized GeoTIFF output (``convpipe.io.output.StreamOutput``)."""
 
+    def block_order(self, plan: Plan) -> list[tuple[int, ...]]:
+        return z_order([len(c) for c in plan.chunks])
+
     def write(
         self,
-        rows: Iterator[list[np.ndarray]],
+        blocks: Iterator[tuple[tuple[int, ...], np.ndarray]],
         plan: Plan,
         record: dict[str, Any],
         geo: GeoInfo | None,
@@ -285,9 +283,9 @@ class CogOutput(GeoTiffOutput):
             try:
                 statistics = BandStatistics(bands, cog.nodata_value(geo))
                 levels = stage(
-                    rows,
+                    blocks,
+                    plan.chunks,
                     partial,
-                    shape,
                     tile,
                     plan.storage.codec,
                     plan.storage.overview_resampling,

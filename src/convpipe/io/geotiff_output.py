@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -104,6 +105,12 @@ def staged(location: Location, size_estimate: int) -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
+def rows_of(blocks: Iterator[tuple[tuple[int, ...], np.ndarray]]) -> Iterator[list[np.ndarray]]:
+    """Blocks given row by row (``GeoTiffOutput.block_order``) as rows, left to right."""
+    for _, row in itertools.groupby(blocks, key=lambda item: item[0][:-1]):
+        yield [block for _, block in row]
+
+
 class GeoTiffOutput:
     """A GeoTIFF output (``convpipe.io.output.StreamOutput``)."""
 
@@ -138,9 +145,14 @@ class GeoTiffOutput:
     def read_status(self) -> dict[str, Any] | None:
         return read_status(self.location)
 
+    def block_order(self, plan: Plan) -> list[tuple[int, ...]]:
+        """Row by row: tifffile writes tiles in file order, so a row of blocks is cut into
+        tiles once it is whole."""
+        return list(np.ndindex(*[len(c) for c in plan.chunks]))
+
     def write(
         self,
-        rows: Iterator[list[np.ndarray]],
+        blocks: Iterator[tuple[tuple[int, ...], np.ndarray]],
         plan: Plan,
         record: dict[str, Any],
         geo: GeoInfo | None,
@@ -153,7 +165,7 @@ class GeoTiffOutput:
         with staged(self.location, size) as partial:
             geotiff.write(
                 str(partial),
-                rows,
+                rows_of(blocks),
                 plan.output_shape,
                 plan.output_dtype,
                 tile,

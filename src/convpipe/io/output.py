@@ -80,17 +80,22 @@ class BlockOutput(Output, Protocol):
 
 
 class StreamOutput(Output, Protocol):
-    """A format written in one pass, in file order (GeoTIFF)."""
+    """A format written in one pass into a file published whole (GeoTIFF, COG)."""
+
+    def block_order(self, plan: Plan) -> list[tuple[int, ...]]:
+        """Every block index, in the order the writer takes them."""
+        ...
 
     def write(
         self,
-        rows: Iterator[list[np.ndarray]],
+        blocks: Iterator[tuple[tuple[int, ...], np.ndarray]],
         plan: Plan,
         record: dict[str, Any],
         geo: GeoInfo | None,
         before_publish: Callable[[], None],
     ) -> None:
-        """Write every row of blocks; publish only a whole file, after ``before_publish``."""
+        """Write every block, given with its index in ``block_order``; publish only a whole
+        file, after ``before_publish``."""
         ...
 
 
