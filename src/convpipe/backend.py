@@ -155,9 +155,74 @@ def _contiguous_planes(window: np.ndarray) -> np.ndarray:
 
 def separable(window: np.ndarray, factors: Sequence[np.ndarray], stride: Stride) -> np.ndarray:
     """Correlate with the outer product of ``factors`` (one 1-D kernel per axis)."""
+    if is_box(factors, window.dtype):
+        return box(window, factors, stride)
     if window.ndim == 1:
         return _leading_axis(window, 0, np.asarray(factors[0]), stride[0])
     return separable_planes(separable_leading(window, factors, stride), factors, stride)
+
+
+#: A kernel whose factors are all constant (a box, a mean) and this long along some axis runs
+#: as running sums (``box``): below it OpenCV's direct passes are as fast or faster.
+BOX_TAPS = 16
+
+
+def is_box(factors: Sequence[np.ndarray], dtype: np.dtype) -> bool:
+    """Whether ``box`` runs these factors: each constant, one of them long, a float window."""
+    if dtype not in (np.float32, np.float64) or max(len(f) for f in factors) < BOX_TAPS:
+        return False
+    return all(bool(np.all(np.asarray(f) == f[0])) for f in factors)
+
+
+def box(window: np.ndarray, factors: Sequence[np.ndarray], stride: Stride) -> np.ndarray:
+    """Correlate with constant factors by running sums: the same time for any window size.
+
+    Along each axis in turn, the first window is summed, and each next sum is the previous
+    one plus the sample that enters minus the one that leaves, in float64 (as OpenCV's
+    boxFilter and scipy.ndimage.uniform_filter1d do), then multiplied by the factor's value.
+    Sums of integers below 2**53 are exact; otherwise a pass's error is at most about
+    (2 x the samples on the line) x 2**-53 x the line's largest |sample|, far below float32's
+    rounding of the result (README, "Performance").
+    """
+    out = window
+    for axis, factor in enumerate(factors):
+        if len(factor) > 1 or stride[axis] > 1 or factor[0] != 1.0:
+            out = _running_sums(out, axis, len(factor), stride[axis], float(factor[0]))
+    return out
+
+
+def _running_sums(x: np.ndarray, axis: int, size: int, stride: int, weight: float) -> np.ndarray:
+    """``weight`` x the sums of ``size`` consecutive samples along ``axis``, every ``stride``-th.
+
+    The last axis goes through OpenCV's boxFilter, one row-only pass over the stacked planes
+    (rows never mix); a leading axis, through one float64 accumulator the size of a slice,
+    stepping slice by slice (OpenCV's column pass would hold ``size`` rows of sums).
+    """
+    n = x.shape[axis]
+    full = n - size + 1
+    count = (full - 1) // stride + 1
+    if axis == x.ndim - 1:
+        planes = _contiguous_planes(x.reshape(1, n) if x.ndim == 1 else x)
+        # boxFilter divides by size in float64 before rounding: one rounding for a box.
+        normalized = abs(weight * size - 1.0) < 1e-12
+
+        def row_sums(plane: np.ndarray, dst: np.ndarray | None) -> np.ndarray:
+            return cv2.boxFilter(plane, -1, (size, 1), dst=dst, normalize=normalized, borderType=cv2.BORDER_CONSTANT)
+
+        sums = _per_plane(row_sums, planes)[..., size // 2 : size // 2 + full : stride]
+        if not normalized:
+            sums = sums * x.dtype.type(weight)
+        return sums.reshape(count) if x.ndim == 1 else sums
+    moved = np.moveaxis(x, axis, 0)
+    out = np.empty((count, *moved.shape[1:]), dtype=x.dtype)
+    total = moved[:size].sum(axis=0, dtype=np.float64)
+    np.multiply(total, weight, out=out[0])
+    for start in range(1, full):
+        total += moved[start + size - 1]
+        total -= moved[start - 1]
+        if start % stride == 0:
+            np.multiply(total, weight, out=out[start // stride])
+    return np.moveaxis(out, 0, axis)
 
 
 def separable_leading(window: np.ndarray, factors: Sequence[np.ndarray], stride: Stride) -> np.ndarray:
@@ -248,6 +313,10 @@ def exact(
 def dense(window: np.ndarray, kernel: np.ndarray, stride: Stride) -> np.ndarray:
     """Correlate with an n-D kernel: OpenCV's filter2D per plane, summed over leading offsets."""
     ndim = window.ndim
+    if kernel.size >= BOX_TAPS and np.all(kernel == kernel.flat[0]):  # a constant kernel: a box
+        box_factors = [np.full(n, kernel.flat[0] if axis == 0 else 1.0) for axis, n in enumerate(kernel.shape)]
+        if is_box(box_factors, window.dtype):
+            return box(window, box_factors, stride)
     if ndim == 1:
         return _leading_axis(window, 0, kernel, stride[0])
     window = _contiguous_planes(window)
@@ -282,8 +351,13 @@ def _fold_leading(
     window: np.ndarray, size: Sequence[int], stride: Stride, reduce: np.ufunc
 ) -> tuple[np.ndarray, list[int]]:
     """Min or max over leading axes (separable for box windows), keeping strided samples."""
+    return _fold(window, range(window.ndim - 2), size, stride, reduce), [1] * (window.ndim - 2)
+
+
+def _fold(window: np.ndarray, axes: Sequence[int], size: Sequence[int], stride: Stride, reduce: np.ufunc) -> np.ndarray:
+    """Min or max of box windows along ``axes``, one axis at a time, keeping strided samples."""
     out = window
-    for axis in range(window.ndim - 2):
+    for axis in axes:
         count = (out.shape[axis] - size[axis]) // stride[axis] + 1
         index = [slice(None)] * out.ndim
         terms = []
@@ -291,7 +365,32 @@ def _fold_leading(
             index[axis] = slice(offset, offset + (count - 1) * stride[axis] + 1, stride[axis])
             terms.append(out[tuple(index)])
         out = reduce.reduce(terms) if len(terms) > 1 else terms[0]
-    return out, [1] * (window.ndim - 2)
+    return out
+
+
+#: Medians of 64-bit integers are taken over this many bytes of gathered windows at a time.
+MEDIAN_BAND_BYTES = 16 * 2**20
+
+
+def _exact_rank(
+    window: np.ndarray, statistic: Literal["median", "minimum", "maximum"], size: Sequence[int], stride: Stride
+) -> np.ndarray:
+    """Rank filters on 64-bit integers, which scipy.ndimage ranks through float64 (2**63 - 1
+    comes back as -2**63): numpy's own comparisons, exact for every value."""
+    if statistic != "median":
+        return _fold(window, range(window.ndim), size, stride, np.minimum if statistic == "minimum" else np.maximum)
+    views = np.lib.stride_tricks.sliding_window_view(window, tuple(size))[tuple(slice(None, None, s) for s in stride)]
+    taps = math.prod(size)
+    out = np.empty(views.shape[: window.ndim], dtype=window.dtype)
+    rows = max(1, MEDIAN_BAND_BYTES // max(1, math.prod(out.shape[1:]) * taps * window.itemsize))
+    for top in range(0, out.shape[0], rows):
+        band = views[top : top + rows].reshape(*out[top : top + rows].shape, taps)
+        out[top : top + rows] = np.partition(band, taps // 2, axis=-1)[..., taps // 2]
+    return out
+
+
+#: What OpenCV's erode and dilate take; other dtypes (32-bit integers) go to scipy.
+MORPHOLOGY_DTYPES = tuple(np.dtype(t) for t in (np.uint8, np.uint16, np.int16, np.float32, np.float64))
 
 
 def rank(
@@ -299,7 +398,9 @@ def rank(
 ) -> np.ndarray:
     """Median, minimum or maximum of a box window."""
     ndim = window.ndim
-    if ndim >= 2 and statistic in ("minimum", "maximum"):
+    if window.dtype.kind in "iu" and window.itemsize == 8:
+        return _exact_rank(window, statistic, size, stride)
+    if ndim >= 2 and statistic in ("minimum", "maximum") and window.dtype in MORPHOLOGY_DTYPES:
         reduced, _ = _fold_leading(window, size, stride, np.minimum if statistic == "minimum" else np.maximum)
         reduced = _contiguous_planes(reduced)
         footprint = np.ones(tuple(size[-2:]), dtype=np.uint8)

@@ -492,13 +492,31 @@ def _run_ends(source: slice) -> tuple[int, int]:
 
 
 def to_dtype(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast for writing: integers are rounded to nearest and clipped, never wrapped; NaN is 0."""
+    """Cast for writing: integers are rounded to nearest and clipped, never wrapped; NaN is 0.
+
+    float64 cannot hold int64's or uint64's maximum (2**63 - 1 rounds up to 2**63, where a
+    cast wraps), so values at or above 2**63 (2**64) are set to the maximum after the cast.
+    """
     dtype = np.dtype(dtype)
     if dtype.kind == "f":
         return data.astype(dtype, copy=False)
     info = np.iinfo(dtype)
+    if data.dtype.kind in "iu":  # an integer chain (plan.compute_dtype): clip in integers
+        if data.dtype == dtype:
+            return data
+        source = np.iinfo(data.dtype)
+        low, high = max(info.min, source.min), min(info.max, source.max)
+        return np.clip(data, data.dtype.type(low), data.dtype.type(high)).astype(dtype)
     # float32 cannot hold 2**31 - 1 exactly: clip wide integer types in float64.
     rounded = np.rint(data.astype(np.float64) if info.bits >= 32 else data)
-    np.clip(rounded, info.min, info.max, out=rounded)
+    if info.bits < 64:
+        np.clip(rounded, info.min, info.max, out=rounded)
+        np.nan_to_num(rounded, copy=False, nan=0.0)
+        return rounded.astype(dtype)
+    top = 2.0 ** (info.bits - 1 if info.kind == "i" else info.bits)  # max + 1, exact in float64
+    over = rounded >= top
+    np.clip(rounded, float(info.min), np.nextafter(top, 0.0), out=rounded)  # both castable exactly
     np.nan_to_num(rounded, copy=False, nan=0.0)
-    return rounded.astype(dtype)
+    out = rounded.astype(dtype)
+    out[over] = info.max
+    return out

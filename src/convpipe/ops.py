@@ -98,9 +98,18 @@ class Linear:
     def expanded(self, ndim: int, spatial: Sequence[int]) -> Linear:
         return Linear(tuple(p.expanded(ndim, spatial) for p in self.parts))
 
+    @property
+    def identity(self) -> bool:
+        """One tap of weight 1 (a box or a convolve of size 1): the step only moves samples."""
+        return all(n == 1 for n in self.size) and float(self.kernel().ravel()[0]) == 1.0
+
     def apply(self, window: np.ndarray, stride: Stride, finite: bool = True) -> np.ndarray:
         """``finite``: the window holds no NaN or infinity, so any exact rearrangement is fine."""
         size = self.size
+        if self.identity:
+            # x * 1 is x, NaN and infinity included: the kept samples, in any dtype (an int64
+            # chain that only moves samples computes in int64, see moves_samples).
+            return window[tuple(slice(None, None, s) for s in stride)]
         if not finite:
             # The definition, term by term: a pixel counts through the non-zero coefficients of
             # the one effective kernel. Splitting a coefficient into parts, or a kernel into
@@ -276,6 +285,17 @@ class Pointwise:
 
 
 Op = Linear | Gradient | Rank | Pointwise
+
+
+def moves_samples(op: Op, padding: str, cval: float, dtype: np.dtype) -> bool:
+    """Whether the step's outputs are samples of its input (an identity kernel, a rank filter),
+    padding included, so it runs exactly in the integer ``dtype`` (README, "What it computes")."""
+    if not ((isinstance(op, Linear) and op.identity) or isinstance(op, Rank)):
+        return False
+    if padding in ("constant", "zero"):
+        info = np.iinfo(dtype)
+        return float(cval).is_integer() and info.min <= cval <= info.max
+    return True
 
 
 def apply_op(

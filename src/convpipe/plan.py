@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convpipe import coords, filters
+from convpipe import coords, filters, ops
 from convpipe.config import SPATIAL_AXES, TIFF_FORMATS, Config, OutputConfig, output_codec, output_dtype, output_format
 from convpipe.coords import Frame
 from convpipe.errors import ConfigError, ParamError
@@ -400,8 +400,8 @@ def bind(
                 )
         steps.append(StepPlan(index, step, op, tuple(geometry)))
         current = steps[-1].out_shape
-    compute = np.dtype(np.float64) if np.float64 in (dtype, output_dtype(config, dtype)) else np.dtype(np.float32)
     out_dtype = output_dtype(config, dtype)
+    compute = compute_dtype(steps, dtype, out_dtype, input_nodata(config.input.nodata, nodata, dtype))
     if config.input.chunks is not None:
         if len(config.input.chunks) != len(shape):
             raise ConfigError(
@@ -434,6 +434,23 @@ def bind(
         nodata=(value := input_nodata(config.input.nodata, nodata, dtype)),
         output_nodata=output_nodata(config.output.nodata, value, out_dtype),
     )
+
+
+def compute_dtype(steps: list[StepPlan], dtype: np.dtype, out_dtype: np.dtype, nodata: float | None) -> np.dtype:
+    """What a block is computed in (README, "What it computes", exact integers).
+
+    float32 holds every integer up to 2**24 exactly: 8- and 16-bit images compute in it. An
+    input or output of 32-bit integers or float64 needs float64, exact for integers up to
+    2**53. Beyond that (int64, uint64), a chain that only moves samples
+    (``ops.moves_samples``) computes in the input's own dtype, so it copies every value; any
+    other chain computes in float64. With nodata, blocks carry a validity mask in float.
+    """
+    wide = dtype.kind in "iu" and dtype.itemsize == 8
+    if wide and nodata is None and all(ops.moves_samples(s.op, s.config.padding, s.config.cval, dtype) for s in steps):
+        return dtype
+    if np.can_cast(dtype, np.float32) and np.can_cast(out_dtype, np.float32):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
 
 
 def input_nodata(asked: float | str | None, found: float | None, dtype: np.dtype) -> float | None:

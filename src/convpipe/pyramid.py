@@ -33,7 +33,7 @@ def mean2(data: np.ndarray, halved: Sequence[int], dtype: np.dtype, nodata: floa
     each cell that are not nodata, and a cell with none is nodata (README, "Nodata")."""
     if nodata is not None:
         return _valid_mean2(data, halved, dtype, nodata)
-    result = data.astype(np.float64 if data.dtype == np.float64 else np.float32, copy=False)
+    result = data.astype(_work_dtype(data.dtype), copy=False)
     for axis in halved:
         n = result.shape[axis]
         first = result[(slice(None),) * axis + (slice(0, n - n % 2, 2),)]
@@ -45,8 +45,14 @@ def mean2(data: np.ndarray, halved: Sequence[int], dtype: np.dtype, nodata: floa
     return to_dtype(result, dtype)
 
 
+def _work_dtype(dtype: np.dtype) -> type:
+    """float32 where it holds every value (8- and 16-bit integers, float32), else float64
+    (README, "What it computes": 32-bit integers keep their value to the nearest integer)."""
+    return np.float32 if np.can_cast(dtype, np.float32) else np.float64
+
+
 def _valid_mean2(data: np.ndarray, halved: Sequence[int], dtype: np.dtype, nodata: float) -> np.ndarray:
-    work = np.float64 if data.dtype == np.float64 else np.float32
+    work = _work_dtype(data.dtype)
     valid = ~np.isnan(data) if data.dtype.kind == "f" else np.ones(data.shape, dtype=bool)
     if not np.isnan(nodata):
         valid &= data != nodata

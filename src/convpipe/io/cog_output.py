@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from convpipe.block import to_dtype
 from convpipe.errors import RunError
 from convpipe.io import cog
 from convpipe.io.geotiff import PARTIAL_SUFFIX, GeoInfo, metadata_xml
@@ -83,12 +84,10 @@ def _average(data: np.ndarray, nodata: float | None) -> np.ndarray:
     total = _pair_sums(_pair_sums(values, 0), 1)
     count = _pair_sums(_pair_sums(valid.astype(np.uint8), 0), 1)
     mean = total / np.maximum(count, 1)
-    if data.dtype.kind != "f":
-        mean = np.rint(mean)
     empty = count == 0
     if empty.any():
         mean[empty] = fill  # an integer output with no nodata value has no empty cells
-    return mean.astype(data.dtype)
+    return to_dtype(mean, data.dtype)  # rounded; int64's maximum is 2**63 in float64: clipped, not wrapped
 
 
 def halve(data: np.ndarray, resampling: str, nodata: float | None) -> np.ndarray:

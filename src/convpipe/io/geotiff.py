@@ -317,7 +317,8 @@ def write(
             dtype=dtype,
             tile=tile,
             compression=compression,
-            predictor=compression is not None,  # horizontal, or floating point for floats
+            # horizontal, or floating point for floats; tifffile has none for 64-bit integers
+            predictor=compression is not None and not (np.dtype(dtype).kind in "iu" and np.dtype(dtype).itemsize == 8),
             photometric="minisblack",
             planarconfig="separate" if len(shape) == 3 else None,
             bigtiff=bigtiff,
