@@ -62,9 +62,7 @@ def bind_2d(data: dict[str, Any], shape: tuple[int, ...] = SHAPE_2D, dtype: Any 
     return bind(from_dict(data, "/data"), shape, np.dtype(dtype), shape)
 
 
-def check_message(
-    error: pytest.ExceptionInfo[ConfigError], start: str, fragments: tuple[str, ...]
-) -> None:
+def check_message(error: pytest.ExceptionInfo[ConfigError], start: str, fragments: tuple[str, ...]) -> None:
     message = str(error.value)
     assert message.startswith(start), message
     for fragment in fragments:
@@ -294,10 +292,7 @@ CONFIG_ERRORS = [
 
 @pytest.mark.parametrize(
     ("data", "start", "fragments"),
-    [
-        pytest.param(data, start, fragments, id=name)
-        for name, data, start, fragments in CONFIG_ERRORS
-    ],
+    [pytest.param(data, start, fragments, id=name) for name, data, start, fragments in CONFIG_ERRORS],
 )
 def test_config_errors_name_their_place(data: Any, start: str, fragments: tuple[str, ...]) -> None:
     with pytest.raises(ConfigError) as error:
@@ -597,9 +592,7 @@ YAML_ERRORS = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("text", "fragments"), [pytest.param(t, f, id=name) for name, t, f in YAML_ERRORS]
-)
+@pytest.mark.parametrize(("text", "fragments"), [pytest.param(t, f, id=name) for name, t, f in YAML_ERRORS])
 def test_bad_files_name_the_file(tmp_path: Path, text: str, fragments: tuple[str, ...]) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(text)
@@ -651,12 +644,11 @@ def test_override_sets_a_nested_key_in_a_list_item_as_a_number() -> None:
         ("pipeline[0].padding=nearest", ("pipeline", 0, "padding"), "nearest"),
         ("pipeline[0].filter=box", ("pipeline", 0, "filter"), "box"),
         ("input.axes=yx", ("input", "axes"), "yx"),
-        ("input.path=a=b.zarr", ("input", "path"), "a=b.zarr"),
+        # a path typed with --set is relative to the current directory (README, "Config keys")
+        ("input.path=a=b.zarr", ("input", "path"), os.path.abspath("a=b.zarr")),
     ],
 )
-def test_override_values_are_read_as_yaml(
-    assignment: str, path: tuple[Any, ...], expected: Any
-) -> None:
+def test_override_values_are_read_as_yaml(assignment: str, path: tuple[Any, ...], expected: Any) -> None:
     data = config()
     apply_override(data, assignment)
     node: Any = data
@@ -725,9 +717,7 @@ def test_overrides_on_an_empty_file_are_refused(tmp_path: Path) -> None:
 # --- paths --------------------------------------------------------------------------------
 
 
-def test_relative_paths_are_relative_to_the_config_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "configs"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -328,7 +328,7 @@ for r in range(rounds):
             os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), 2)
             os.read(barrier, 1)
             try:
-                main(["run", config, *flags, "--set", f"output.path=out{r}.zarr"])
+                main(["run", config, *flags, "--set", f"output.path={os.path.join(folder, f'out{r}.zarr')}"])
                 code = 0
             except SystemExit as done:
                 code = done.code or 0

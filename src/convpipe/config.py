@@ -22,7 +22,19 @@ from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationErr
 from convpipe import filters
 from convpipe.cluster import ClusterConfig
 from convpipe.errors import ConfigError
-from convpipe.params import Boolean, OptionalText, Text, as_plain, fail, integer, number, one_of, optional, per_axis
+from convpipe.params import (
+    Boolean,
+    OptionalText,
+    Text,
+    as_plain,
+    fail,
+    integer,
+    number,
+    one_of,
+    optional,
+    per_axis,
+    shown,
+)
 
 if TYPE_CHECKING:
     from convpipe.io.stores import Location
@@ -38,9 +50,11 @@ OUTPUT_DTYPES = (
     "uint8",
     "uint16",
     "uint32",
+    "uint64",
     "int8",
     "int16",
     "int32",
+    "int64",
 )
 
 
@@ -48,17 +62,17 @@ def _axes(value: Any) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str) or not value or any(letter not in AXIS_LETTERS for letter in value):
-        raise fail(f"must be letters from {AXIS_LETTERS}, one per dimension, like yx or czyx (got {value!r})")
+        raise fail(f"must be letters from {AXIS_LETTERS}, one per dimension, like yx or czyx (got {shown(value)})")
     if len(set(value)) != len(value):
-        raise fail(f"must not repeat a letter (got {value!r})")
+        raise fail(f"must not repeat a letter (got {shown(value)})")
     if not any(letter in SPATIAL_AXES for letter in value):
-        raise fail(f"needs at least one spatial axis (z, y or x) (got {value!r})")
+        raise fail(f"needs at least one spatial axis (z, y or x) (got {shown(value)})")
     return value
 
 
 def _dtype(value: Any) -> str:
     if value != "input" and value not in OUTPUT_DTYPES:
-        raise fail(f"must be input or one of {', '.join(OUTPUT_DTYPES)} (got {value!r})")
+        raise fail(f"must be input or one of {', '.join(OUTPUT_DTYPES)} (got {shown(value)})")
     return str(value)
 
 
@@ -85,7 +99,7 @@ def _ngff_version(value: Any) -> str:
     # An unquoted 0.4 in YAML is a number: take it as the version it spells.
     text = str(value) if isinstance(value, str | float) and not isinstance(value, bool) else repr(value)
     if text not in NGFF_VERSIONS:
-        raise fail(f"must be one of {', '.join(NGFF_VERSIONS)} (got {value!r})")
+        raise fail(f"must be one of {', '.join(NGFF_VERSIONS)} (got {shown(value)})")
     return text
 
 
@@ -96,7 +110,9 @@ def _storage(value: Any) -> dict[str, Any] | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise fail(f"must be a mapping like {{endpoint: http://localhost:9000, region: us-east-1}} (got {value!r})")
+        raise fail(
+            f"must be a mapping like {{endpoint: http://localhost:9000, region: us-east-1}} (got {shown(value)})"
+        )
     try:
         stores.check_storage(value)
     except ConfigError as error:
@@ -123,8 +139,8 @@ def _chunks(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
     if not isinstance(value, list | tuple):
-        raise fail(f"must be a list with one block length per dimension (got {value!r})")
-    return tuple(per_axis(integer(1), "an integer >= 1")(list(value)))
+        raise fail(f"must be a list with one block length per dimension (got {shown(value)})")
+    return tuple(per_axis(integer(1), "an integer >= 1", len(AXIS_LETTERS))(list(value)))
 
 
 def _nodata_value(value: Any) -> float | str:
@@ -251,7 +267,8 @@ ALL_SECTIONS = ("input", "output", "pipeline", *OPTIONAL_SECTIONS)
 def _place(prefix: str, loc: tuple[Any, ...]) -> str:
     place = prefix
     for part in loc:
-        place += f"[{part}]" if isinstance(part, int) else (f".{part}" if place else str(part))
+        name = str(part) if len(str(part)) <= 40 else str(part)[:39] + "…"  # a key may be any long string
+        place += f"[{part}]" if isinstance(part, int) else (f".{name}" if place else name)
     return place
 
 
@@ -266,11 +283,11 @@ def _explain(error: ValidationError, prefix: str, model: type[BaseModel]) -> Con
     elif kind == "extra_forbidden":
         key = str(first["loc"][-1])
         allowed = list(model.model_fields)
-        close = difflib.get_close_matches(key, allowed, n=1)
+        close = difflib.get_close_matches(key[:80], allowed, n=1)  # a long key: no slow match
         hint = f"did you mean {close[0]}? " if close else ""
         message = f"unknown key ({hint}allowed: {', '.join(allowed)})"
     elif kind in ("model_type", "model_attributes_type", "dict_type"):
-        message = f"must be a mapping of keys (got {first['input']!r})"
+        message = f"must be a mapping of keys (got {shown(first['input'])})"
     else:
         message = first["msg"]
     more = f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})" if len(problems) > 1 else ""
@@ -279,7 +296,7 @@ def _explain(error: ValidationError, prefix: str, model: type[BaseModel]) -> Con
 
 def _validate(model: type[BaseModel], data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix}: must be a mapping of keys (got {data!r})")
+        raise ConfigError(f"{prefix}: must be a mapping of keys (got {shown(data)})")
     try:
         return model.model_validate(data)
     except ValidationError as error:
@@ -290,16 +307,16 @@ def validate_step(data: Any, index: int) -> filters.Step:
     """Check one pipeline entry against its filter's keys."""
     place = f"pipeline[{index}]"
     if not isinstance(data, dict):
-        raise ConfigError(f"{place}: must be a mapping with a filter key (got {data!r})")
+        raise ConfigError(f"{place}: must be a mapping with a filter key (got {shown(data)})")
     name = data.get("filter")
     if name is None:
         raise ConfigError(f"{place}.filter: is required (one of: {', '.join(filters.FILTERS)})")
     entry = filters.lookup(name) if isinstance(name, str) else None
     if entry is None:
         names = [*filters.FILTERS, *filters.ALIASES]
-        close = difflib.get_close_matches(str(name), names, n=1)
+        close = difflib.get_close_matches(str(name)[:80], names, n=1)
         hint = f"did you mean {close[0]}? " if close else ""
-        raise ConfigError(f"{place}.filter: unknown filter {name!r} ({hint}known: {', '.join(filters.FILTERS)})")
+        raise ConfigError(f"{place}.filter: unknown filter {shown(name)} ({hint}known: {', '.join(filters.FILTERS)})")
     step: filters.Step = _validate(entry.params, data, place)
     return step
 
@@ -313,9 +330,9 @@ def from_dict(data: Any, base_dir: Path | str = ".", source: str | None = None) 
         raise ConfigError(f"{where}: must be a mapping with input, output and pipeline (got {type(data).__name__})")
     for key in data:
         if key not in ALL_SECTIONS:
-            close = difflib.get_close_matches(str(key), ALL_SECTIONS, n=1)
+            close = difflib.get_close_matches(str(key)[:80], ALL_SECTIONS, n=1)
             hint = f"did you mean {close[0]}? " if close else ""
-            raise ConfigError(f"{key}: unknown section ({hint}allowed: {', '.join(ALL_SECTIONS)})")
+            raise ConfigError(f"{_place('', (str(key),))}: unknown section ({hint}allowed: {', '.join(ALL_SECTIONS)})")
     for key in ("input", "output", "pipeline"):
         if key not in data:
             raise ConfigError(f"{key}: is required")
@@ -323,7 +340,7 @@ def from_dict(data: Any, base_dir: Path | str = ".", source: str | None = None) 
     extras = {name: _validate(model, data[name], name) for name, model in OPTIONAL_SECTIONS.items() if name in data}
     pipeline = data["pipeline"]
     if not isinstance(pipeline, list) or not pipeline:
-        raise ConfigError(f"pipeline: must be a non-empty list of steps (got {pipeline!r})")
+        raise ConfigError(f"pipeline: must be a non-empty list of steps (got {shown(pipeline)})")
     steps = [validate_step(step, index) for index, step in enumerate(pipeline)]
     base = Path(base_dir)
     steps = [
@@ -358,20 +375,41 @@ def _location(base: Path, section: InputConfig | OutputConfig, name: str) -> str
 _KEY = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)((?:\[\d+\])*)")
 
 
+def _is_path_key(parts: tuple[str | int, ...]) -> bool:
+    """``input.path``, ``output.path`` and ``pipeline[i].kernel_file``: the keys that name files."""
+    return parts in (("input", "path"), ("output", "path")) or (
+        len(parts) == 3 and parts[0] == "pipeline" and parts[2] == "kernel_file"
+    )
+
+
+def _from_here(parts: tuple[str | int, ...], value: Any) -> Any:
+    """``value`` set at ``parts``, its relative local paths made absolute against the current
+    directory: a path typed in the shell means what the shell means by it (README, "Config keys")."""
+    if isinstance(value, dict):
+        return {key: _from_here((*parts, key), item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_here((*parts, index), item) for index, item in enumerate(value)]
+    local = isinstance(value, str) and "://" not in value and not value.startswith("~")
+    if local and value and _is_path_key(parts) and not os.path.isabs(value):
+        return os.path.abspath(value)
+    return value
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one ``--set key.path=value``; the value is read as YAML (``3`` is a number)."""
+    """Apply one ``--set key.path=value``; the value is read as YAML (``3`` is a number). A
+    relative file path given this way is relative to the current directory, not to the config."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(f"--set {assignment}: expected KEY=VALUE, like pipeline[0].sigma=3")
     try:
-        value = yaml.safe_load(raw) if raw else ""
+        value = yaml.load(raw, Loader=_StrictLoader) if raw else ""
     except yaml.YAMLError:
         value = raw
     parts: list[str | int] = []
     for token in key.split("."):
         match = _KEY.fullmatch(token)
         if match is None:
-            raise ConfigError(f"--set {assignment}: {token!r} is not a key like name or name[2]")
+            raise ConfigError(f"--set {assignment}: {shown(token)} is not a key like name or name[2]")
         parts.append(match.group(1))
         parts.extend(int(i) for i in re.findall(r"\[(\d+)\]", match.group(2)))
     node: Any = data
@@ -386,7 +424,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     if (isinstance(node, dict) and isinstance(last, str)) or (
         isinstance(node, list) and isinstance(last, int) and last < len(node)
     ):
-        node[last] = value
+        node[last] = _from_here(tuple(parts), value)
     else:
         raise ConfigError(f"--set {assignment}: {_place('', tuple(parts))} does not exist")
 
@@ -400,10 +438,19 @@ class _StrictLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice", key_node.start_mark
+                    None, None, f"the key {shown(key)} is given twice", key_node.start_mark
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1, which PyYAML follows, reads 1e-3 and 1.0e5 as strings (its floats need a dot and a
+# signed exponent); YAML 1.2 and every user read them as numbers, and so does convpipe.
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def read_yaml(path: Path) -> Any:

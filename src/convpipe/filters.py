@@ -7,6 +7,7 @@ measures and the tests check against the whole-image reference.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
@@ -19,13 +20,15 @@ from convpipe.errors import ParamError
 from convpipe.geometry import PAD_KEYWORDS, PADDING_ALIASES, PADDING_MODES
 from convpipe.ops import Gradient, Linear, Op, Part, Pointwise, Rank
 from convpipe.params import (
+    MAX_TAPS,
+    MAX_WINDOW,
     Boolean,
     Number,
     OptionalNumber,
     OptionalText,
-    Positive,
-    PositivePerAxis,
+    Sigma,
     Size,
+    Truncate,
     as_plain,
     fail,
     integer,
@@ -33,6 +36,7 @@ from convpipe.params import (
     one_of,
     optional,
     per_axis,
+    shown,
 )
 
 #: What a step does with nodata samples (README, "Nodata").
@@ -42,9 +46,9 @@ NODATA_POLICIES = ("propagate", "ignore", "fill")
 def _pad(value: Any) -> Any:
     if isinstance(value, str):
         if value not in PAD_KEYWORDS:
-            raise fail(f"must be same, valid, full, an integer >= 0 or a list of them (got {value!r})")
+            raise fail(f"must be same, valid, full, an integer >= 0 or a list of them (got {shown(value)})")
         return value
-    return per_axis(integer(0), "same, valid, full or an integer >= 0")(value)
+    return per_axis(integer(0, MAX_TAPS), f"same, valid, full or an integer from 0 to {MAX_TAPS}")(value)
 
 
 def _share(value: Any) -> float:
@@ -57,7 +61,7 @@ def _share(value: Any) -> float:
 def _padding(value: Any) -> str:
     names = [*PADDING_MODES, *PADDING_ALIASES]
     if value not in names:
-        raise fail(f"must be one of {', '.join(names)} (got {value!r})")
+        raise fail(f"must be one of {', '.join(names)} (got {shown(value)})")
     return str(PADDING_ALIASES.get(value, value))
 
 
@@ -83,7 +87,9 @@ class Step(BaseModel):
     min_valid: Annotated[float, PlainValidator(_share)] = Field(
         0.5, description="with nodata: ignore, the least valid share of a window for a valid output (0 < x <= 1)"
     )
-    fill_value: OptionalNumber = Field(None, description="with nodata: fill, the value nodata samples take")
+    fill_value: OptionalNumber = Field(
+        None, description="the value nodata samples take; required with nodata: fill, and only then (no default)"
+    )
 
     common_keys: ClassVar[tuple[str, ...]] = (
         "filter",
@@ -96,6 +102,14 @@ class Step(BaseModel):
         "min_valid",
         "fill_value",
     )
+
+    @model_validator(mode="after")
+    def _zero_pads_with_zero(self) -> Step:
+        """``cval`` is read only by ``padding: constant``, as scipy.ndimage reads it only in
+        ``mode='constant'``: ``zero`` pads with 0 whatever ``cval`` says."""
+        if self.padding == "zero" and self.cval != 0:
+            object.__setattr__(self, "cval", 0.0)
+        return self
 
     @model_validator(mode="after")
     def _nodata_keys(self) -> Step:
@@ -144,8 +158,16 @@ def _laplacian_parts(neighbours: int | None, ndim: int, weight: float) -> tuple[
 
 
 class Convolve(Step):
-    kernel: Any = Field(None, description="the kernel as a nested list, one level per spatial axis")
-    kernel_file: OptionalText = Field(None, description="a .npy file holding the kernel")
+    kernel: Any = Field(
+        None,
+        description="the kernel as a nested list, one level per spatial axis; "
+        "give exactly one of kernel and kernel_file (no default)",
+    )
+    kernel_file: OptionalText = Field(
+        None,
+        description="a NumPy .npy file holding the kernel (numbers, no pickled objects); "
+        "give exactly one of kernel and kernel_file (no default)",
+    )
     normalize: Boolean = Field(False, description="divide the kernel by its sum")
 
     @model_validator(mode="after")
@@ -160,8 +182,25 @@ class Box(Step):
 
 
 class Gaussian(Step):
-    sigma: PositivePerAxis = Field(description="standard deviation in pixels (one value or one per axis)")
-    truncate: Positive = Field(4.0, description="kernel radius in sigmas: radius = int(truncate*sigma + 0.5)")
+    sigma: Sigma = Field(description="standard deviation in pixels (one value or one per axis)")
+    truncate: Truncate = Field(4.0, description="kernel radius in sigmas: radius = int(truncate*sigma + 0.5)")
+
+    sigma_keys: ClassVar[tuple[str, ...]] = ("sigma",)
+
+    @model_validator(mode="after")
+    def _kernel_length(self) -> Gaussian:
+        # Each key is within its range, but together they could still ask for a kernel longer
+        # than MAX_TAPS: say so with both numbers, before anything is built.
+        for key in self.sigma_keys:
+            value = getattr(self, key)
+            sigma = max(value) if isinstance(value, tuple) else value
+            taps = 2 * kernels.gaussian_radius(sigma, self.truncate) + 1
+            if taps > MAX_TAPS:
+                raise fail(
+                    f"{key}: {sigma:g} with truncate {self.truncate:g} makes a kernel of {taps} taps "
+                    f"(2*int(truncate*sigma + 0.5) + 1); at most {MAX_TAPS}: lower {key} or truncate"
+                )
+        return self
 
 
 class RankParams(Step):
@@ -169,8 +208,8 @@ class RankParams(Step):
 
 
 class Laplacian(Step):
-    neighbours: Annotated[int | None, PlainValidator(optional(integer(1)))] = Field(
-        None, description="4 or 8 in 2-D, 6 or 26 in 3-D (default: the face neighbours)"
+    neighbours: Annotated[int | None, PlainValidator(optional(integer(1, 26)))] = Field(
+        None, description="4 or 8 in 2-D, 6 or 26 in 3-D (default: the face neighbours, 4 in 2-D and 6 in 3-D)"
     )
 
 
@@ -189,7 +228,9 @@ class GradientParams(Step):
 
 
 class DifferenceOfGaussians(Gaussian):
-    sigma2: PositivePerAxis = Field(description="the second, subtracted Gaussian's sigma")
+    sigma2: Sigma = Field(description="the second, subtracted Gaussian's sigma")
+
+    sigma_keys: ClassVar[tuple[str, ...]] = ("sigma", "sigma2")
 
 
 class Threshold(Step):
@@ -203,8 +244,8 @@ class NoKeys(Step):
 
 
 class Clip(Step):
-    min: OptionalNumber = Field(None, description="lower bound (none: unbounded)")
-    max: OptionalNumber = Field(None, description="upper bound (none: unbounded)")
+    min: OptionalNumber = Field(None, description="lower bound (default: none, unbounded)")
+    max: OptionalNumber = Field(None, description="upper bound (default: none, unbounded)")
 
     @model_validator(mode="after")
     def _ordered(self) -> Clip:
@@ -227,17 +268,67 @@ def _holds_bool(nested: Any) -> bool:
     return isinstance(nested, bool)
 
 
+#: The first bytes of every file numpy.save writes.
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_kernel_shape(key: str, shape: Sequence[int]) -> None:
+    """A kernel no longer than MAX_TAPS along any axis and of at most MAX_WINDOW coefficients."""
+    if any(n > MAX_TAPS for n in shape) or math.prod(shape) > MAX_WINDOW:
+        raise ParamError(
+            key,
+            f"a kernel of shape {tuple(shape)} is too large: at most {MAX_TAPS} taps along an axis "
+            f"and {MAX_WINDOW} coefficients in all",
+        )
+
+
+def _nested_shape(nested: Any) -> list[int]:
+    """The shape a nested list claims along its first items (np.array checks the rest)."""
+    shape = []
+    while isinstance(nested, list) and nested:
+        shape.append(len(nested))
+        nested = nested[0]
+    return shape
+
+
+def _read_kernel_file(path: str) -> np.ndarray:
+    """A .npy file, recognised by its first bytes; its header is read before its data, so a
+    file that is no .npy, holds objects or is too large is refused without loading it."""
+    key = "kernel_file"
+    try:
+        with open(path, "rb") as file:
+            if file.read(len(NPY_MAGIC)) != NPY_MAGIC:
+                raise ParamError(
+                    key, f"{path} is not a NumPy .npy file (allowed: an array of numbers saved with numpy.save)"
+                )
+            file.seek(0)
+            version = np.lib.format.read_magic(file)
+            header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version in header:
+                shape, _, dtype = header[version](file)
+                if dtype.hasobject:
+                    raise ParamError(key, f"{path} holds Python objects; it must hold numbers")
+                _check_kernel_shape(key, shape)
+            file.seek(0)
+            return np.asarray(np.load(file, allow_pickle=False))
+    except ParamError:
+        raise
+    except FileNotFoundError:
+        raise ParamError(key, f"{path}: no such file") from None
+    except OSError as error:
+        raise ParamError(key, f"cannot read {path} ({error.strerror or error})") from None
+    except ValueError as error:
+        raise ParamError(key, f"{path} is not a readable .npy file ({shown(str(error))})") from None
+
+
 def _load_kernel(params: Convolve) -> np.ndarray:
     if params.kernel_file is not None:
-        try:
-            loaded = np.load(params.kernel_file, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise ParamError("kernel_file", f"cannot read {params.kernel_file}: {error}") from None
-        key, kernel = "kernel_file", np.asarray(loaded)
+        key, kernel = "kernel_file", _read_kernel_file(params.kernel_file)
     else:
         key = "kernel"
         if not isinstance(params.kernel, list):
-            raise ParamError(key, f"must be a nested list, one level per spatial axis (got {params.kernel!r})")
+            raise ParamError(key, f"must be a nested list, one level per spatial axis (got {shown(params.kernel)})")
+        _check_kernel_shape(key, _nested_shape(params.kernel))
         if _holds_bool(params.kernel):
             raise ParamError(key, "must hold numbers (got true/false)")
         try:
@@ -250,6 +341,7 @@ def _load_kernel(params: Convolve) -> np.ndarray:
         raise ParamError(key, "must be an array with one dimension per spatial axis (got a single number)")
     if kernel.size == 0:
         raise ParamError(key, "must not be empty")
+    _check_kernel_shape(key, kernel.shape)
     if not np.isfinite(kernel).all():
         raise ParamError(key, "must hold finite numbers (no NaN or infinity)")
     return kernel.astype(np.float64)
@@ -279,7 +371,11 @@ def build_gaussian(params: Gaussian, axes: str) -> Op:
 
 def build_rank(statistic: str) -> Callable[[RankParams, str], Op]:
     def build(params: RankParams, axes: str) -> Op:
-        return Rank(statistic, per_axis_values(params.size, len(axes), "size"))  # type: ignore[arg-type]
+        sizes = per_axis_values(params.size, len(axes), "size")
+        if math.prod(sizes) > MAX_WINDOW:  # a rank filter holds the whole window of every sample
+            window = "x".join(str(n) for n in sizes)
+            raise ParamError("size", f"a {window} window is {math.prod(sizes)} samples; at most {MAX_WINDOW}")
+        return Rank(statistic, sizes)  # type: ignore[arg-type]
 
     return build
 

@@ -1,4 +1,5 @@
-"""What a TIFF or Zarr holds, as plain data for ``convpipe info``: no pixels are read.
+"""What a TIFF or Zarr holds, as plain data for ``convpipe info`` (and ``--json``, as it is):
+shapes as lists, numbers as numbers. No pixels are read.
 
 The path may be a URL (``s3://``, ``https://``, ...): the metadata is read through the store
 layer, and nothing secret is shown.
@@ -14,7 +15,7 @@ from convpipe.coords import Frame, is_identity
 from convpipe.errors import RunError
 from convpipe.io import stores, zarr_output
 from convpipe.io.geotiff import PARTIAL_SUFFIX, gdal_metadata, read_geo
-from convpipe.io.inputs import TIFF_SUFFIXES, axis_letters, multiscales
+from convpipe.io.inputs import TIFF_SUFFIXES, axis_letters, is_tiff, multiscales
 from convpipe.io.metadata import ngff_frame, tiff_frame
 
 
@@ -66,27 +67,34 @@ def _about(attributes: dict[str, Any], path: str) -> dict[str, Any]:
 
 
 def _status(status: dict[str, Any], path: str) -> dict[str, Any]:
-    info: dict[str, Any] = {}
+    """A convpipe output's completeness and provenance: what it was made from, step by step."""
     total = int(status.get("blocks", 0))
-    if status.get("complete"):
-        info["status"] = f"complete ({total} blocks)"
-    else:
+    written: int | None = total
+    if not status.get("complete"):
         try:
-            written: int | str = zarr_output.count_written(stores.parse(path))
+            written = zarr_output.count_written(stores.parse(path))
         except Exception:  # a store that cannot list (http)
-            written = "?"
-        info["status"] = f"partial ({written} of {total} blocks written); finish it with convpipe run --resume"
-    info["made by"] = f"convpipe {status.get('version', '?')} from {status.get('config_file') or 'a config'}"
+            written = None
     source = status.get("input", {})
-    info["input"] = f"{source.get('path')} {tuple(source.get('shape', []))} {source.get('dtype')}"
-    info["steps"] = [f"{s['filter']} -> {tuple(s['output_shape'])}" for s in status.get("steps", [])]
-    return info
+    config = status.get("config") if isinstance(status.get("config"), dict) else {}
+    pipeline = config.get("pipeline", []) if isinstance(config, dict) else []
+    steps = []
+    for number, step in enumerate(status.get("steps", [])):
+        recorded = pipeline[number] if number < len(pipeline) and isinstance(pipeline[number], dict) else {}
+        parameters = {k: v for k, v in recorded.items() if k != "filter"}
+        steps.append({"filter": step.get("filter"), "parameters": parameters, "output_shape": step.get("output_shape")})
+    return {
+        "status": {"complete": bool(status.get("complete")), "blocks": total, "written": written, "note": None},
+        "made_by": {"convpipe": status.get("version"), "config_file": status.get("config_file")},
+        "input": {"path": source.get("path"), "shape": source.get("shape"), "dtype": source.get("dtype")},
+        "steps": steps,
+    }
 
 
-def _frame(axes: str, frame: Frame) -> list[str]:
-    """One line per axis: spacing, unit and where sample 0 sits."""
+def _frame(axes: str, frame: Frame) -> list[dict[str, Any]]:
+    """Per axis: the spacing, the position of sample 0's centre, the unit."""
     return [
-        f"{letter}: spacing {axis.scale:g}{' ' + axis.unit if axis.unit else ''}, first sample at {axis.translation:g}"
+        {"axis": letter, "scale": axis.scale, "translation": axis.translation, "unit": axis.unit}
         for letter, axis in zip(axes, frame, strict=True)
     ]
 
@@ -97,18 +105,22 @@ def _ome_zarr(node: Any, path: str, image: dict[str, Any], version: str) -> dict
     info["axes"] = axes
     levels = {}
     for level, dataset in enumerate(image.get("datasets", [])):
-        try:
-            array = node[str(dataset["path"])]
-        except KeyError:
-            levels[f"{dataset['path']} (level {level})"] = {"missing": "the metadata names it but it is not there"}
+        name = dataset.get("path") if isinstance(dataset, dict) else None
+        if not isinstance(name, str) or not name:
+            levels[f"level {level}"] = {"missing": "the multiscales metadata names no path for it"}
             continue
-        described = _zarr_array(array, _join(path, str(dataset["path"])))
+        try:
+            array = node[name]
+        except KeyError:
+            levels[f"{name} (level {level})"] = {"missing": "the metadata names it but it is not there"}
+            continue
+        described = _zarr_array(array, _join(path, name))
         described.pop("axes", None)
         try:
             described["coordinates"] = _frame(axes, ngff_frame(image, level)) if len(axes) == array.ndim else []
         except ValueError as error:
-            described["coordinates"] = [f"unreadable: {error}"]
-        levels[f"{dataset['path']} (level {level})"] = described
+            described["coordinates_error"] = f"unreadable: {error}"
+        levels[f"{name} (level {level})"] = described
     info["arrays"] = levels
     return {**info, **_about(dict(node.attrs), path)}
 
@@ -174,7 +186,8 @@ def _tiff(location: stores.Location) -> dict[str, Any]:
             if made:
                 info.update(_status(json.loads(made), path))
                 if path.endswith(PARTIAL_SUFFIX):
-                    info["status"] = "partial: an unfinished GeoTIFF write (the next run removes it)"
+                    note = "an unfinished GeoTIFF write (the next run removes it)"
+                    info["status"] = {**info["status"], "complete": False, "written": None, "note": note}
             return info
     except Exception as error:
         raise RunError(stores.redact(f"{path}: not a readable TIFF ({error})")) from None
@@ -188,4 +201,4 @@ def describe(path: str) -> dict[str, Any]:
     if location.is_remote:
         stores.probe(location, write=False)
     name = location.name.lower().removesuffix(PARTIAL_SUFFIX)
-    return _tiff(location) if name.endswith(TIFF_SUFFIXES) else _zarr(location)
+    return _tiff(location) if name.endswith(TIFF_SUFFIXES) or is_tiff(location) else _zarr(location)

@@ -32,6 +32,22 @@ _SETUP = threading.Lock()  # lazily made per-reader state
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".ome.tif", ".ome.tiff")
 
+#: The first four bytes of a TIFF (little- or big-endian) and of a BigTIFF.
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def is_tiff(location: stores.Location) -> bool:
+    """Whether the input is read as a TIFF: by its suffix, or (a local file) by its first bytes
+    whatever its name (README, "Config keys": input.path). A URL goes by its suffix: a Zarr
+    there is a prefix, not an object to look into."""
+    if location.name.lower().endswith(TIFF_SUFFIXES):  # a signed URL's query aside
+        return True
+    if not location.is_local or not Path(location.path).is_file():
+        return False
+    with contextlib.suppress(OSError), open(location.path, "rb") as file:
+        return file.read(4) in TIFF_MAGIC
+    return False
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -50,7 +66,7 @@ class InputSpec:
 
     @property
     def is_tiff(self) -> bool:
-        return self.location.name.lower().endswith(TIFF_SUFFIXES)  # a signed URL's query aside
+        return is_tiff(self.location)
 
 
 class _Piece(NamedTuple):
@@ -401,6 +417,8 @@ def _ngff_level(multiscales: list[dict[str, Any]], spec: InputSpec) -> tuple[str
     """The array path of ``input.level`` in an OME-Zarr image, its axes and frame."""
     image = multiscales[0]
     datasets = image.get("datasets", [])
+    if not isinstance(datasets, list):
+        raise RunError(f"input {spec.location}: its OME-Zarr multiscales metadata has no list of datasets")
     if spec.level >= len(datasets):
         raise ConfigError(
             f"input.level: {spec.location} has {len(datasets)} levels (0 to {len(datasets) - 1}); got {spec.level}"
@@ -412,7 +430,14 @@ def _ngff_level(multiscales: list[dict[str, Any]], spec: InputSpec) -> tuple[str
         raise RunError(
             f"input {spec.location}: its OME-Zarr metadata for level {spec.level} is broken: {error}"
         ) from None
-    return str(datasets[spec.level]["path"]), axis_letters(names), frame
+    dataset = datasets[spec.level]
+    path = dataset.get("path") if isinstance(dataset, dict) else None
+    if not isinstance(path, str) or not path:
+        raise RunError(
+            f"input {spec.location}: its OME-Zarr multiscales metadata names no array for level {spec.level} "
+            f'(datasets[{spec.level}] has no "path"); set input.array to the array to read'
+        )
+    return path, axis_letters(names), frame
 
 
 def axis_letters(names: Sequence[Any]) -> str | None:
@@ -530,4 +555,11 @@ def open_input(spec: InputSpec) -> ArrayReader:
         raise RunError(f"input {location}: no such file or directory")
     if location.is_remote:
         stores.probe(location, write=False)
-    return _open_tiff(spec) if spec.is_tiff else _open_zarr(spec)
+    if spec.is_tiff:
+        return _open_tiff(spec)
+    if location.is_local and Path(location.path).is_file():  # a Zarr is a folder
+        raise RunError(
+            f"input {location}: not a TIFF (its first bytes are not a TIFF header) nor a Zarr (a folder); "
+            "convpipe reads TIFF, OME-TIFF, GeoTIFF, Zarr and OME-Zarr"
+        )
+    return _open_zarr(spec)

@@ -763,6 +763,8 @@ def prefetcher(file: BinaryIO) -> Callable[[Iterable[tuple[int, int]]], contextl
 def probe(location: Location, *, write: bool) -> None:
     """One cheap request up front, so wrong credentials or a missing bucket fail in seconds with one line."""
     if location.is_local:
+        if write:
+            check_local_output(location)
         return
     import obstore
 
@@ -782,6 +784,34 @@ def probe(location: Location, *, write: bool) -> None:
         raise
     except Exception as error:
         raise RunError(describe_error(location, error, role=role)) from None
+
+
+def check_local_output(location: Location) -> None:
+    """A local output path that cannot be written, said before anything is: under a regular
+    file, through a symbolic link to nothing, or in a folder on a read-only filesystem or
+    without write permission (root is refused only by the first)."""
+    path = Path(location.path)
+    shown = f"output.path: {location.display}"
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise ConfigError(
+                f"{shown}: {existing} is a symbolic link to {os.readlink(existing)}, which does not exist "
+                "(remove the link or create what it points to)"
+            )
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing != path and not existing.is_dir():
+        raise ConfigError(f"{shown}: {existing} is a file, not a folder; choose a path in a folder")
+    folder = existing if existing.is_dir() else existing.parent
+    if not os.access(folder, os.W_OK):
+        try:
+            read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "is on a read-only filesystem" if read_only else "is not writable (no permission)"
+        raise ConfigError(f"{shown}: the folder {folder} {why}; choose an output where you can write")
 
 
 _ACCESS_CODES = (
