@@ -140,7 +140,7 @@ def test_plan_shows_overrides(tmp_path: Path, zarr_input: Path, capsys: pytest.C
     path = make_config(tmp_path)
     code, out, err = invoke(capsys, "plan", path, "--set", "input.chunks=[40,50]", "--set", "pipeline[0].sigma=1")
     assert code == 0, err
-    assert "1 output blocks" in out
+    assert "1 output block of" in out
     gaussian = next(line for line in out.splitlines() if "gaussian" in line)
     assert gaussian.split()[2:4] == ["9", "4/4"]
 

@@ -112,6 +112,21 @@ def test_a_local_cluster_gives_the_threaded_result(folder: Path) -> None:
     np.testing.assert_array_equal(clustered, threaded)
 
 
+def test_blocks_larger_than_a_workers_memory_limit_are_refused_before_anything_is_written(
+    folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    zarr.create_array(str(folder / "big.zarr"), shape=(8192, 8192), dtype="uint16", chunks=(2048, 2048))
+    data = {"input": {"path": "big.zarr"}, "output": {"path": "out.zarr"}, "pipeline": [{"filter": "median"}]}
+    config = folder / "big.yaml"
+    config.write_text(yaml.safe_dump(data))
+    with pytest.raises(SystemExit) as done:
+        main(["run", str(config), "--scheduler", "local-cluster", "--workers", "1", "--memory-limit", "150MB"])
+    assert done.value.code == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if "dashboard:" not in line]
+    assert len(err) == 1 and "its memory limit is 0.14 GiB" in err[0] and "--memory" in err[0], err
+    assert not (folder / "out.zarr").exists()
+
+
 def test_an_unreachable_scheduler_is_a_clear_error_and_writes_nothing(
     folder: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

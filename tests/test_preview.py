@@ -337,7 +337,7 @@ def test_command_writes_the_png(capsys: pytest.CaptureFixture[str], tmp_path: Pa
 def test_help_shows_an_example() -> None:
     result = CliRunner().invoke(cli, ["preview", "--help"])
     assert result.exit_code == 0
-    assert "$ convpipe preview CONFIG" in result.output
+    assert "convpipe preview configs/edges.yaml -o out/preview.png" in result.output
     assert "--region 8000:9024,8000:9024" in result.output
 
 

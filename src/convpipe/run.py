@@ -28,12 +28,12 @@ from convpipe.io.geotiff import GeoInfo
 from convpipe.io.inputs import InputSpec, open_input
 from convpipe.io.output import BlockOutput, Output, StreamOutput, output_for
 from convpipe.memory import available_bytes
-from convpipe.plan import Plan, bind, remote_cache
+from convpipe.plan import PROCESS_BYTES, Plan, bind, remote_cache
 from convpipe.progress import Progress
 from convpipe.provenance import check_resumable, provenance
-from convpipe.schedulers import LOCAL_SCHEDULERS, SCHEDULERS, check_scheduler, scheduler
+from convpipe.schedulers import LOCAL_SCHEDULERS, SCHEDULERS, Scheduling, check_scheduler, scheduler
 
-__all__ = ["SCHEDULERS", "RunResult", "check_output", "input_spec", "make_plan", "run"]
+__all__ = ["SCHEDULERS", "Checked", "RunResult", "check_output", "check_run", "input_spec", "make_plan", "run"]
 
 #: Default length of an output's lease, in seconds (``--lock-lease``).
 LEASE_SECONDS = 120.0
@@ -193,6 +193,21 @@ def check_memory(plan: Plan, scheduler_name: str, workers: int | None) -> None:
         )
 
 
+def check_worker_memory(plan: Plan, scheduling: Scheduling) -> None:
+    """Refuse, before anything is written, a run whose blocks cannot fit in a dask.distributed
+    worker's memory limit: each of its threads computes a block at once (the local check,
+    ``check_memory``, cannot see a cluster's workers)."""
+    for threads, limit in scheduling.worker_memory:
+        needed = PROCESS_BYTES + plan.cache_bytes + threads * plan.memory_per_block()
+        if needed > limit:
+            raise ConfigError(
+                f"a worker needs about {needed / 2**30:.2f} GiB (a block of {plan.block_shape} per thread, "
+                f"{threads} at once) "
+                f"but its memory limit is {limit / 2**30:.2f} GiB; use smaller input.chunks or --memory, "
+                "or give workers more memory (--memory-limit for local-cluster)"
+            )
+
+
 @dataclass(frozen=True)
 class RunResult:
     plan: Plan
@@ -202,6 +217,57 @@ class RunResult:
     resumed_from: int = 0  # blocks already there when a resumed run started
     graph_seconds: float = 0.0  # building the task graph, part of ``seconds``
     took_over: str | None = None  # the dead run whose lease this run took over, if any
+
+
+@dataclass(frozen=True)
+class Checked:
+    """What the checks before computing found, for the run that follows them."""
+
+    plan: Plan
+    scheduler_name: str  # "cluster" for a config's cluster: section
+    found: str  # what is at the output: see check_output
+    record: dict[str, Any]  # the provenance the output will keep
+    status: dict[str, Any] | None  # when resuming a convpipe output: what it recorded
+    seen: tuple[int, bool] | None  # the output's lease before the checks: see _check_alone
+
+    @property
+    def complete(self) -> bool:
+        """A resumed output that is already whole: the run has nothing to do."""
+        return bool(self.status and self.status.get("complete"))
+
+
+def check_run(
+    config: Config,
+    *,
+    scheduler_name: str | None = None,
+    workers: int | None = None,
+    memory: int | None = None,
+    overwrite: bool | None = None,
+    resume: bool = False,
+) -> Checked:
+    """Every check a run makes before it computes anything (README, "Data safety"): options,
+    scheduler name, the plan, the output, memory, the resume fingerprint. No pixel is read and
+    nothing is written. ``convpipe validate`` and ``run --dry-run`` call it too, so they refuse
+    exactly what the run would, with the same exit status."""
+    if scheduler_name is None:
+        scheduler_name = "cluster" if config.cluster is not None else "threads"
+    overwrite = config.output.overwrite if overwrite is None else overwrite
+    if overwrite and resume:
+        raise ConfigError("--resume and --overwrite: choose one (resume keeps the blocks already written)")
+    if scheduler_name != "cluster" or config.cluster is None:
+        check_scheduler(scheduler_name)
+    open_input.cache_clear()  # an input rewritten since an earlier run in this process is read afresh
+    plan = make_plan(config, memory, workers)
+    seen = _lock_state(config, plan)  # before the checks: see _check_alone
+    found = check_output(config, plan, overwrite=overwrite, resume=resume)
+    check_memory(plan, scheduler_name, workers)
+    record = provenance(config, plan)
+    status = None
+    if found == "ours" and resume:
+        status = output_for(plan, config.output.location).read_status()
+        if status is not None:
+            check_resumable(status, record)
+    return Checked(plan, scheduler_name, found, record, status, seen)
 
 
 def run(
@@ -226,52 +292,42 @@ def run(
     died holding it is taken over once it has expired (``--resume`` and ``--overwrite`` wait
     for that, and ``notify`` is told they wait).
     """
-    if scheduler_name is None:
-        scheduler_name = "cluster" if config.cluster is not None else "threads"
+    checked = check_run(
+        config, scheduler_name=scheduler_name, workers=workers, memory=memory, overwrite=overwrite, resume=resume
+    )
+    plan, found, seen, record = checked.plan, checked.found, checked.seen, checked.record
+    scheduler_name = checked.scheduler_name
     overwrite = config.output.overwrite if overwrite is None else overwrite
-    if overwrite and resume:
-        raise ConfigError("--resume and --overwrite: choose one (resume keeps the blocks already written)")
-    if scheduler_name != "cluster":
-        check_scheduler(scheduler_name)
-    open_input.cache_clear()  # an input rewritten since an earlier run in this process is read afresh
-    plan = make_plan(config, memory, workers)
-    seen = _lock_state(config, plan)  # before the checks: see _check_alone
-    found = check_output(config, plan, overwrite=overwrite, resume=resume)
-    check_memory(plan, scheduler_name, workers)
-    record = provenance(config, plan)
     out = config.output.location
     target = output_for(plan, out)
-    if found == "ours" and resume:
-        status = target.read_status()
-        if status is not None:
-            check_resumable(status, record)
-            if status.get("complete"):
-                return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
+    if checked.complete:
+        return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
     if found != "missing" and not resume:
         # Something is replaced: compute a first block before anything of it is removed.
         trial_block(plan, input_spec(config, plan))
     start = time.perf_counter()
     # Connect to the scheduler before touching the output: a bad address must not cost the
     # user an existing output, nor leave anything behind.
-    with (
-        scheduler(scheduler_name, workers, memory_limit, config.cluster) as scheduling,
-        lifecycle.held(
-            *_lock_store(target, writable=True), lease_seconds, **_waiting(out, resume or overwrite, notify)
-        ) as lease,
-        _writing(out),
-        _draining(scheduling.drain),
-    ):
-        _check_alone(lease, seen, resume)
-        status = target.read_status() if resume else None  # again, now that the output is ours
-        if status is not None:
-            check_resumable(status, record)
-            if status.get("complete"):  # another run finished it while this one waited
-                return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
-        job = _Job(config, plan, record, scheduling.options, scheduling.slots, lease, progress)
-        if target.streamed:
-            written, kept, graph_seconds = _write_stream(cast(StreamOutput, target), job), 0, 0.0
-        else:
-            written, kept, graph_seconds = _write_blocks(cast(BlockOutput, target), job, keep=status is not None)
+    with scheduler(scheduler_name, workers, memory_limit, config.cluster) as scheduling:
+        check_worker_memory(plan, scheduling)
+        with (
+            lifecycle.held(
+                *_lock_store(target, writable=True), lease_seconds, **_waiting(out, resume or overwrite, notify)
+            ) as lease,
+            _writing(out),
+            _draining(scheduling.drain),
+        ):
+            _check_alone(lease, seen, resume)
+            status = target.read_status() if resume else None  # again, now that the output is ours
+            if status is not None:
+                check_resumable(status, record)
+                if status.get("complete"):  # another run finished it while this one waited
+                    return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
+            job = _Job(config, plan, record, scheduling.options, scheduling.slots, lease, progress)
+            if target.streamed:
+                written, kept, graph_seconds = _write_stream(cast(StreamOutput, target), job), 0, 0.0
+            else:
+                written, kept, graph_seconds = _write_blocks(cast(BlockOutput, target), job, keep=status is not None)
     return RunResult(
         plan,
         out.display,

@@ -6,6 +6,7 @@ batch cluster a config's ``cluster:`` section starts.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +27,20 @@ def check_scheduler(name: str) -> None:
             f"--scheduler: must be threads, processes, sync, local-cluster or an address like tcp://host:8786 "
             f"(got {name!r})"
         )
+    if "://" in name:  # a malformed address is a usage error, said before any connection is tried
+        from urllib.parse import urlsplit
+
+        try:
+            address = urlsplit(name)
+            _ = address.port  # a port that is no number, or out of range
+            reason = None if address.hostname else "no host"
+        except ValueError as error:
+            reason = str(error)
+        if reason is not None:
+            raise ConfigError(
+                f"--scheduler: {name[:80]!r} is not a scheduler address like tcp://host:8786 or "
+                f"tcp://[::1]:8786 ({reason})"
+            )
 
 
 def _worker_process_setup() -> None:
@@ -95,18 +110,34 @@ def scheduler(
             processes=True,
         )
         with cluster, Client(cluster) as client:
-            yield Scheduling(slots=_threads(client))
+            yield _distributed(client)
         return
     try:
         client = Client(name, timeout="10s")
+    except ValueError as error:  # an address check_scheduler let through that distributed cannot parse
+        raise ConfigError(f"--scheduler {name}: not a usable scheduler address ({error})") from None
     except OSError as error:
         raise RunError(f"--scheduler {name}: cannot reach the scheduler ({error})") from None
     with client:
-        yield Scheduling(slots=_threads(client))
+        yield _distributed(client)
 
 
 def _nothing() -> None:
     pass
+
+
+def _distributed(client: Any) -> Scheduling:
+    """A dask.distributed cluster's scheduling, its dashboard announced (README, "Clusters and
+    long nights"): the CLI shows convpipe's log messages on stderr."""
+    try:
+        dashboard = client.dashboard_link
+    except Exception:  # a scheduler started without its dashboard: never a reason to fail
+        dashboard = None
+    if dashboard:
+        logging.getLogger("convpipe").info("dashboard: %s", dashboard)
+    workers = client.scheduler_info().get("workers", {}).values()
+    limits = tuple((int(w.get("nthreads", 1)), int(w["memory_limit"])) for w in workers if w.get("memory_limit"))
+    return Scheduling(slots=_threads(client), dashboard=dashboard, worker_memory=limits)
 
 
 def _threads(client: Any) -> int:
@@ -121,3 +152,5 @@ class Scheduling:
     drain: Callable[[], None] = _nothing
     options: dict[str, Any] = field(default_factory=dict)
     slots: int = field(default_factory=lambda: os.cpu_count() or 1)  # blocks computed at once
+    dashboard: str | None = None  # a dask.distributed cluster's dashboard address
+    worker_memory: tuple[tuple[int, int], ...] = ()  # per worker with a limit: (threads, bytes)
