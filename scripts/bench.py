@@ -679,6 +679,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="zarr",
         help="the output format of --scale (default zarr; cog: a Cloud-Optimized GeoTIFF with overviews)",
     )
+    ap.add_argument(
+        "--scale-dtype",
+        choices=("float32", "input"),
+        default="float32",
+        help="the output dtype of --scale (default float32; input: uint16, half the disk for a large COG)",
+    )
     worker = ap.add_argument_group("worker (internal: one measured run)")
     worker.add_argument("--run", nargs=2, metavar=("TOOL", "CASE"))
     worker.add_argument("--input")
@@ -820,7 +826,7 @@ def bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def scale(sizes: Sequence[float], output_format: str = "zarr") -> int:
+def scale(sizes: Sequence[float], output_format: str = "zarr", dtype: str = "float32") -> int:
     """Peak memory and graph-building time as the image grows: they must not follow its size."""
     import yaml
 
@@ -836,6 +842,7 @@ def scale(sizes: Sequence[float], output_format: str = "zarr") -> int:
         config.parent.mkdir(parents=True, exist_ok=True)
         document = convpipe_config("edges", src, dst)
         document["output"]["format"] = output_format
+        document["output"]["dtype"] = dtype
         config.write_text(yaml.safe_dump(document, sort_keys=False))
         result = measure([sys.executable, "-c", CONVPIPE_CLI, "run", str(config), "--overwrite"], dict(os.environ))
         remove(dst)
@@ -862,7 +869,7 @@ def scale(sizes: Sequence[float], output_format: str = "zarr") -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.scale is not None:
-        return scale(args.scale or [1.0, 4.0, 16.0], args.scale_format)
+        return scale(args.scale or [1.0, 4.0, 16.0], args.scale_format, args.scale_dtype)
     if args.run:
         tool, case = args.run
         WORKERS[tool](case, args.input, args.output, args.chunks)

@@ -407,6 +407,28 @@ def test_a_float32_gaussian_beside_nodata_is_the_masked_reference_to_float32_rou
     np.testing.assert_allclose(got[valid], expected[valid], rtol=4 * np.finfo(np.float32).eps)
 
 
+@pytest.mark.parametrize("chunks", [(1, 2, 7, 9), (2, 3, 20, 24)])
+def test_time_and_bands_each_keep_their_own_nodata_holes(chunks: tuple[int, ...]) -> None:
+    """A tcyx scene: every (t, c) plane is filtered alone, its holes its own, as the 2-D
+    masked reference computes it, whatever the chunking along t and c."""
+    rng = np.random.default_rng(8)
+    scene = rng.normal(100.0, 10.0, (2, 3, 20, 24)).astype(np.float32)
+    scene[rng.random(scene.shape) < 0.15] = -9999.0
+    scene[1, 2, :, :10] = -9999.0  # a swath edge in one band of one time only
+    scene[0, 1] = -9999.0  # a band with no valid sample
+    steps = [{"filter": "gaussian", "sigma": 1.0, "nodata": "ignore"}, {"filter": "sobel"}]
+    with dask.config.set(scheduler="sync"):
+        got = convpipe.filter_array(
+            scene, steps, axes="tcyx", chunks=chunks, dtype="float64", nodata=-9999, output_nodata="nan"
+        ).compute()
+    for t, c in np.ndindex(2, 3):
+        plane = scene[t, c]
+        expected, valid = reference(plane, bound(plane, -9999.0, plane.shape, steps))
+        np.testing.assert_array_equal(np.isnan(got[t, c]), ~valid, err_msg=f"t={t} c={c}")
+        np.testing.assert_allclose(got[t, c][valid], expected[valid], rtol=1e-9, atol=1e-9)
+    assert np.isnan(got[0, 1]).all()
+
+
 def test_32_bit_integer_nodata_at_the_types_limit_is_found_in_float32_blocks() -> None:
     image = np.full((16, 32), 7, dtype=np.uint32)
     image[:, :16] = 4294967295  # GDAL's usual UInt32 nodata, rounded up when read as float32
