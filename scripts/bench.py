@@ -849,8 +849,9 @@ def scale(sizes: Sequence[float], output_format: str = "zarr", dtype: str = "flo
         if result["returncode"]:
             print(result["stderr_tail"])
             return 1
-        found = re.search(r"(\d+) blocks in ([\d.]+) s \(task graph ([\d.]+) s\)", result["stderr_tail"])
-        blocks, run_s, graph_s = (int(found[1]), float(found[2]), float(found[3])) if found else (0, 0.0, 0.0)
+        found = re.search(r"(\d+) blocks? in ([\d.]+) s(?: \(task graph ([\d.]+) s\))?", result["stderr_tail"])
+        # the summary shows the graph's build time only when it is noticeable (README, "Commands")
+        blocks, run_s, graph_s = (int(found[1]), float(found[2]), float(found[3] or 0)) if found else (0, 0.0, 0.0)
         rows.append((gib, side, blocks, result["wall_s"], result["peak_rss"], graph_s, run_s))
         print(f"  {gib:g} GiB ({side}²): {result['wall_s']:.1f} s, {result['peak_rss'] / 1e9:.2f} GB", flush=True)
     print("\n| input | shape | blocks | wall s | input MB/s | peak RSS GB | task graph ms (% of run) |")

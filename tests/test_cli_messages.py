@@ -262,6 +262,9 @@ class _Client:
     def nthreads(self) -> dict[str, int]:
         return {"tcp://a": 2, "tcp://b": 2}
 
+    def scheduler_info(self) -> dict[str, Any]:
+        return {"workers": {"tcp://a": {"nthreads": 2, "memory_limit": 2**32}}}
+
 
 def test_the_dashboard_address_is_printed_for_distributed_schedulers(capsys: pytest.CaptureFixture[str]) -> None:
     with cli._announcing(True):
@@ -273,12 +276,6 @@ def test_the_dashboard_address_is_printed_for_distributed_schedulers(capsys: pyt
     with cli._announcing(False):  # --quiet
         schedulers._distributed(_Client("http://127.0.0.1:8787/status"))
     assert capsys.readouterr().err == ""
-
-
-def test_filters_say_each_default_once(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = invoke(capsys, "filters")
-    assert code == 0
-    assert not [line for line in out.splitlines() if line.count("default") > 1]
 
 
 def test_demo_ends_by_saying_what_to_try_next() -> None:
