@@ -398,13 +398,21 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
 
         thread = threading.Thread(target=poll, daemon=True)
         thread.start()
-        code = proc.wait()
+        _, status, usage = os.wait4(proc.pid, 0)  # CPU of the process and the children it waited for
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
         wall = time.perf_counter() - start
         done.set()
         thread.join()
         err.seek(0)
         stderr = err.read().decode(errors="replace")
-    return {"wall_s": wall, "peak_rss": peak[0], "returncode": code, "stderr_tail": stderr[-2000:]}
+    return {
+        "wall_s": wall,
+        "user_s": usage.ru_utime,
+        "sys_s": usage.ru_stime,
+        "peak_rss": peak[0],
+        "returncode": code,
+        "stderr_tail": stderr[-2000:],
+    }
 
 
 def output_path(tool: str, case: str) -> Path:
@@ -585,6 +593,8 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, float] | None:
         "min": min(walls),
         "max": max(walls),
         "rss": statistics.median(r["peak_rss"] for r in good),
+        "user": statistics.median(r.get("user_s", 0.0) for r in good),
+        "sys": statistics.median(r.get("sys_s", 0.0) for r in good),
     }
 
 
@@ -608,24 +618,25 @@ def _match_cell(tool: str, check: dict[str, Any] | None) -> str:
 
 def table(case: str, tools: Sequence[str], runs: list[dict[str, Any]], checks: dict[str, Any], mb: float) -> str:
     """One Markdown table per case, ready to paste into the README."""
-    columns = ["tool", "wall median [min–max] s", "input MB/s", "peak RSS GB"]
+    columns = ["tool", "wall median [min–max] s", "user s", "sys s", "input MB/s", "peak RSS GB"]
     columns += ["time vs convpipe", "RSS vs convpipe", "matches"]
     lines = ["| " + " | ".join(columns) + " |", "|---" * len(columns) + "|"]
     stats = {t: summarise([r for r in runs if r["tool"] == t]) for t in tools}
     base = stats.get("convpipe")
     for tool in tools:
         if (tool, case) in SKIPS:
-            lines.append(f"| {tool} | skipped ({SKIPS[tool, case]}) | | | | | |")
+            lines.append(f"| {tool} | skipped ({SKIPS[tool, case]}) | | | | | | | |")
             continue
         s = stats[tool]
         if s is None:
             codes = sorted({r["returncode"] for r in runs if r["tool"] == tool})
-            lines.append(f"| {tool} | failed (exit {', '.join(map(str, codes))}) | | | | | |")
+            lines.append(f"| {tool} | failed (exit {', '.join(map(str, codes))}) | | | | | | | |")
             continue
         t_ratio = f"{s['median'] / base['median']:.2f}×" if base else "—"
         m_ratio = f"{s['rss'] / base['rss']:.2f}×" if base and base["rss"] else "—"
         lines.append(
-            f"| {tool} | {s['median']:.2f} [{s['min']:.2f}–{s['max']:.2f}] | {_rate(mb / s['median'])} "
+            f"| {tool} | {s['median']:.2f} [{s['min']:.2f}–{s['max']:.2f}] | {s['user']:.1f} | {s['sys']:.1f} "
+            f"| {_rate(mb / s['median'])} "
             f"| {s['rss'] / 1e9:.2f} | {t_ratio} | {m_ratio} | {_match_cell(tool, checks.get(tool))} |"
         )
     return "\n".join(lines)
@@ -656,6 +667,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--tools", type=lambda v: _csv(v, TOOLS, "tool"), default=list(TOOLS), help=",".join(TOOLS))
     ap.add_argument("--repeat", type=int, default=3, help="runs per tool and case (default 3)")
     ap.add_argument("--size", type=int, default=16384, help="side of the square 2-D input (default 16384)")
+    ap.add_argument(
+        "--input-chunks",
+        type=int,
+        default=SAMPLE_CHUNKS[0],
+        metavar="N",
+        help="the 2-D Zarr input's chunks, N×N (default 512: the demo sample; dask-image is fastest at 2048)",
+    )
     ap.add_argument(
         "--volume", type=int, nargs=3, default=(256, 2048, 2048), metavar=("Z", "Y", "X"), help="3-D input shape"
     )
@@ -714,9 +732,10 @@ def prepare(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     inputs: dict[str, dict[str, Any]] = {}
     if any(c != "volume" for c in cases):
         shape2 = (args.size, args.size)
-        zarr2 = ensure_sample(
-            DATA / "sample.zarr" if args.size == 16384 else DATA / f"bench-{args.size}.zarr", shape2, SAMPLE_CHUNKS
-        )
+        chunks = (args.input_chunks,) * 2
+        demo = args.size == 16384 and chunks == SAMPLE_CHUNKS
+        name = "sample.zarr" if demo else f"bench-{args.size}-chunks{args.input_chunks}.zarr"
+        zarr2 = ensure_sample(DATA / name, shape2, chunks)
         tif = ensure_tiff(zarr2, DATA / f"bench-{args.size}.tif") if "vips" in args.tools else None
     if "volume" in cases:
         shape3 = tuple(args.volume)
@@ -792,7 +811,10 @@ def bench(args: argparse.Namespace) -> int:
     print_machine(info)
     inputs = prepare(args)
     env = {**os.environ, "VIPS_CONCURRENCY": os.environ.get("VIPS_CONCURRENCY", str(os.cpu_count() or 1))}
-    print(f"repeat {args.repeat}, tools {','.join(args.tools)}; VIPS_CONCURRENCY={env['VIPS_CONCURRENCY']}\n")
+    print(
+        f"repeat {args.repeat}, tools {','.join(args.tools)}; 2-D input chunks {args.input_chunks}²; "
+        f"VIPS_CONCURRENCY={env['VIPS_CONCURRENCY']}\n"
+    )
     results: dict[str, Any] = {}
     for case in args.cases:
         spec = inputs[case]

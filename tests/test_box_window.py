@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import convpipe
+from convpipe import backend
 
 RNG = np.random.default_rng(5000)
 
@@ -154,3 +155,17 @@ def test_large_box_spreads_nan_and_infinity_over_its_window(per_tap_passes: list
     finite = ~(near_nan | near_inf)
     np.testing.assert_allclose(got[finite], expected[finite], rtol=1e-6, atol=1e-6)
     assert per_tap_passes == []
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_a_huge_sample_changes_only_the_windows_that_hold_it(axis: int) -> None:
+    """A float fill value (-3.4e38, GDAL's usual one, not declared as nodata) on a line: a
+    running sum would lose every later window's small samples to cancellation."""
+    image = np.full((40, 120), 100.0, np.float32)
+    image[3, 0] = image[0, 3] = np.float32(-3.4028235e38)
+    image = image if axis == 1 else np.ascontiguousarray(image.T)
+    size = 17
+    factors = [np.ones(1), np.full(size, 1 / size)] if axis == 1 else [np.full(size, 1 / size), np.ones(1)]
+    got = backend.box(image, factors, (1, 1))
+    far = got[:, 20:] if axis == 1 else got[20:, :]
+    np.testing.assert_allclose(far, 100.0, rtol=1e-6)

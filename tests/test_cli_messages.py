@@ -91,7 +91,8 @@ def test_an_existing_output_is_refused_by_dry_run_as_by_run_and_noted_by_validat
     assert invoke(capsys, "run", config, "--quiet")[0] == 0
     code, out, _ = invoke(capsys, "validate", config)
     assert code == 0 and "needs --overwrite to replace it or --resume" in out
-    assert invoke(capsys, "validate", config, "--json")[1].count('"output_exists": true') == 1
+    for flags in ([], ["--overwrite"], ["--resume"]):
+        assert invoke(capsys, "validate", config, "--json", *flags)[1].count('"output_exists": true') == 1
     for command in (["validate"], ["run", "--dry-run"]):
         if command == ["run", "--dry-run"]:
             code, _, err = invoke(capsys, *command, config)
@@ -132,6 +133,34 @@ def test_no_warnings_reach_stderr() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == "the filters\n"
     assert done.stderr == ""
+
+
+def test_a_corrupt_tiff_tile_is_one_line_on_stderr(tmp_path: Path) -> None:
+    """The run fails on the tile it cannot decode: one line, exit 1, and none of the
+    "Task was destroyed but it is pending!" lines the cancelled reads used to leave."""
+    import tifffile
+
+    image = np.random.default_rng(1).integers(0, 60_000, size=(512, 512), dtype=np.uint16)
+    path = tmp_path / "scan.tif"
+    tifffile.imwrite(path, image, tile=(128, 128), compression="zlib")
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages.first.dataoffsets[5], tif.pages.first.databytecounts[5]
+    data = bytearray(path.read_bytes())
+    data[offset : offset + count] = b"\xff" * count  # not a zlib stream any more
+    path.write_bytes(bytes(data))
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "input: {path: scan.tif, chunks: [128, 128]}\noutput: {path: out.zarr}\npipeline: [{filter: box}]\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", "from convpipe.cli import main; main()", "run", str(config), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "scan.tif" in lines[0], done.stderr
 
 
 def test_debug_keeps_the_warnings(
@@ -180,6 +209,22 @@ def test_interrupted_names_resume(
     assert line.startswith(f"convpipe: {word}"), err
     # the command to type, as typed but for --overwrite
     assert shlex.join(["convpipe", "run", str(config), "--set", "pipeline[0].sigma=3", "--resume"]) in line
+
+
+def test_an_interrupted_geotiff_is_written_again_not_resumed(
+    config: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GeoTIFF or COG is published only whole: the hint repeats the command, --overwrite kept."""
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise KeyboardInterrupt()
+
+    monkeypatch.setattr(cli, "run", interrupted)
+    args = ["run", str(config), "--overwrite", "--set", "output.path=out.tif"]
+    code, _, err = invoke(capsys, *args)
+    assert code == 130
+    line = err.strip().splitlines()[-1]
+    assert "--resume" not in line and shlex.join(["convpipe", *args]) in line, line
 
 
 # --- the small words --------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from convpipe.config import from_dict
 from convpipe.errors import ConfigError
-from convpipe.plan import MAX_CACHE_BYTES, PROCESS_BYTES, TARGET_BLOCK_BYTES, Plan, bind
+from convpipe.plan import MAX_CACHE_BYTES, PROCESS_BYTES, STREAM_BATCH_MOST, TARGET_BLOCK_BYTES, Plan, bind
 
 
 def plan_for(steps: list[dict[str, Any]], shape: tuple[int, ...], storage: tuple[int, ...], **inp: Any) -> Plan:
@@ -100,3 +100,15 @@ def test_an_impossible_memory_budget_is_a_clear_error() -> None:
     plan = plan_for([{"filter": "gaussian", "sigma": 2}], (4096, 4096), (512, 512))
     with pytest.raises(ConfigError, match="--memory: 10 MiB is not enough for 2 workers"):
         plan.fitted(10 * 2**20, workers=2)
+
+
+def test_a_tiff_writer_holds_two_batches_of_blocks_at_most_whatever_the_cluster() -> None:
+    """The process writing a GeoTIFF or COG is fed two blocks per worker at a time, capped:
+    its memory does not follow a cluster's thread count (README, "Memory")."""
+    config = from_dict(
+        {"input": {"path": "in.zarr"}, "output": {"path": "out.tif", "format": "cog"}, "pipeline": [{"filter": "box"}]}
+    )
+    plan = bind(config, (16384, 16384), np.dtype("uint16"), (512, 512))
+    block = math.prod(plan.block_shape) * 4
+    assert plan.writer_bytes(2) - plan.writer_bytes(1) == 2 * 2 * block
+    assert plan.writer_bytes(64) == plan.writer_bytes(8) == plan.writer_bytes(STREAM_BATCH_MOST)

@@ -175,54 +175,53 @@ def is_box(factors: Sequence[np.ndarray], dtype: np.dtype) -> bool:
 
 
 def box(window: np.ndarray, factors: Sequence[np.ndarray], stride: Stride) -> np.ndarray:
-    """Correlate with constant factors by running sums: the same time for any window size.
-
-    Along each axis in turn, the first window is summed, and each next sum is the previous
-    one plus the sample that enters minus the one that leaves, in float64 (as OpenCV's
-    boxFilter and scipy.ndimage.uniform_filter1d do), then multiplied by the factor's value.
-    Sums of integers below 2**53 are exact; otherwise a pass's error is at most about
-    (2 x the samples on the line) x 2**-53 x the line's largest |sample|, far below float32's
-    rounding of the result (README, "Performance").
-    """
+    """Correlate with constant factors by window sums that take the same time for any window
+    size (``_window_sums``), each multiplied by the factor's value, axis by axis."""
     out = window
     for axis, factor in enumerate(factors):
         if len(factor) > 1 or stride[axis] > 1 or factor[0] != 1.0:
-            out = _running_sums(out, axis, len(factor), stride[axis], float(factor[0]))
+            out = _window_sums(out, axis, len(factor), stride[axis], float(factor[0]))
     return out
 
 
-def _running_sums(x: np.ndarray, axis: int, size: int, stride: int, weight: float) -> np.ndarray:
-    """``weight`` x the sums of ``size`` consecutive samples along ``axis``, every ``stride``-th.
+#: Samples (float64) a window-sum pass holds at once, three arrays of them: about 24 MiB.
+BOX_BATCH = 2**20
 
-    The last axis goes through OpenCV's boxFilter, one row-only pass over the stacked planes
-    (rows never mix); a leading axis, through one float64 accumulator the size of a slice,
-    stepping slice by slice (OpenCV's column pass would hold ``size`` rows of sums).
+
+def _window_sums(x: np.ndarray, axis: int, size: int, stride: int, weight: float) -> np.ndarray:
+    """``weight`` x the sums of ``size`` consecutive samples along ``axis``, every ``stride``-th,
+    in float64, without subtraction (van Herk and Gil-Werman's scheme, for sums).
+
+    The axis is cut into segments of ``size`` samples; the window starting at i is the rest
+    of i's segment (a suffix sum) plus the start of the next segment (a prefix sum), so every
+    sum adds only samples of its own window. A running sum (the previous one plus the sample
+    entering, minus the one leaving, as OpenCV's boxFilter) would let one huge sample cancel
+    every later window's small ones on its line. Sums of integers below 2**53 are exact;
+    otherwise a window's error is at most about ``size`` x 2**-53 x its own largest |sample|
+    (README, "Performance").
     """
-    n = x.shape[axis]
-    full = n - size + 1
-    count = (full - 1) // stride + 1
-    if axis == x.ndim - 1:
-        planes = _contiguous_planes(x.reshape(1, n) if x.ndim == 1 else x)
-        # boxFilter divides by size in float64 before rounding: one rounding for a box.
-        normalized = abs(weight * size - 1.0) < 1e-12
-
-        def row_sums(plane: np.ndarray, dst: np.ndarray | None) -> np.ndarray:
-            return cv2.boxFilter(plane, -1, (size, 1), dst=dst, normalize=normalized, borderType=cv2.BORDER_CONSTANT)
-
-        sums = _per_plane(row_sums, planes)[..., size // 2 : size // 2 + full : stride]
-        if not normalized:
-            sums = sums * x.dtype.type(weight)
-        return sums.reshape(count) if x.ndim == 1 else sums
-    moved = np.moveaxis(x, axis, 0)
-    out = np.empty((count, *moved.shape[1:]), dtype=x.dtype)
-    total = moved[:size].sum(axis=0, dtype=np.float64)
-    np.multiply(total, weight, out=out[0])
-    for start in range(1, full):
-        total += moved[start + size - 1]
-        total -= moved[start - 1]
-        if start % stride == 0:
-            np.multiply(total, weight, out=out[start // stride])
-    return np.moveaxis(out, 0, axis)
+    moved = np.moveaxis(x, axis, -1)
+    if moved.ndim == 1:
+        moved = moved[None]
+    n = moved.shape[-1]
+    segments = -(-n // size)
+    starts = np.arange(0, n - size + 1, stride)
+    inner = starts % size != 0  # windows that reach into the next segment
+    out = np.empty((*moved.shape[:-1], starts.size), dtype=x.dtype)
+    rows = max(1, BOX_BATCH // (segments * size * max(1, math.prod(moved.shape[1:-1]))))
+    for top in range(0, moved.shape[0], rows):
+        part = moved[top : top + rows]
+        padded = np.zeros((*part.shape[:-1], segments * size))
+        padded[..., :n] = part
+        cut = padded.reshape(*part.shape[:-1], segments, size)
+        prefix = np.cumsum(cut, axis=-1).reshape(padded.shape)
+        suffix = np.cumsum(cut[..., ::-1], axis=-1)[..., ::-1].reshape(padded.shape)
+        sums = suffix[..., starts]
+        sums[..., inner] += prefix[..., starts[inner] + size - 1]
+        np.multiply(sums, weight, out=out[top : top + rows], casting="unsafe")
+    if x.ndim == 1:
+        out = out[0]
+    return np.moveaxis(out, -1, axis)
 
 
 def separable_leading(window: np.ndarray, factors: Sequence[np.ndarray], stride: Stride) -> np.ndarray:

@@ -141,6 +141,7 @@ def run_command(
       convpipe run configs/edges.yaml --resume      # after a crash or a walltime kill
     """
     config = config_module.load(config_path, overrides)
+    _STREAMED[0] = config_module.output_format(config.output, "") in config_module.TIFF_FORMATS
     if dry_run:
         checked = check_run(
             config, scheduler_name=scheduler, workers=workers, memory=memory, overwrite=overwrite or None, resume=resume
@@ -211,7 +212,7 @@ def validate_command(
     existing = None if as_run or checked.found == "missing" else config.output.location.display
     if as_json:
         data = report.validated_data(config_path, config.output.location.display, checked.plan)
-        click.echo(report.to_json({**data, "output_exists": existing is not None}))
+        click.echo(report.to_json({**data, "output_exists": checked.found != "missing"}))
     else:
         click.echo(report.describe_validated(config_path, checked.plan))
         if existing is not None:
@@ -467,11 +468,18 @@ def _main(args: list[str], debug: bool, *, own_process: bool) -> int:
     return 0
 
 
+#: Whether the run in this process writes a GeoTIFF or COG: published only when whole, so an
+#: interrupted one is written again, not resumed.
+_STREAMED = [False]
+
+
 def _how_to_finish(args: list[str]) -> str:
     """For an interrupted ``run``: the command that finishes its output (README, "Resume")."""
     words = [a for a in args if not a.startswith("-")]
     if not words or words[0] != "run" or "--dry-run" in args:
         return ""
+    if _STREAMED[0]:
+        return f"; the file was left as it was; write it with: convpipe {shlex.join(args)}"
     again = [a for a in args if a != "--overwrite"]
     if "--resume" not in again:
         again.append("--resume")

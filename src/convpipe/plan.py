@@ -240,13 +240,14 @@ class Plan:
 
     def writer_bytes(self, workers: int) -> int:
         """What a GeoTIFF or COG writer holds besides the blocks being computed (Zarr writes
-        each block where it is computed): the batch of blocks it is taking (two per worker),
+        each block where it is computed): the batch of blocks it is taking and the next one
+        (``stream_batch``),
         and a GeoTIFF's row of blocks and compression buffer, or a COG's tiles of a block being
         encoded and its unfinished overview tiles (a few per level)."""
         if self.storage.format not in TIFF_FORMATS:
             return 0
         block = math.prod(self.block_shape) * self.output_dtype.itemsize
-        taken = 2 * workers * block
+        taken = 2 * stream_batch(workers) * block  # the batch being written, the next one computed
         if self.storage.format == "cog":
             assert self.storage.chunks is not None
             tile = math.prod(self.storage.chunks) * self.output_dtype.itemsize
@@ -434,6 +435,16 @@ def bind(
         nodata=(value := input_nodata(config.input.nodata, nodata, dtype)),
         output_nodata=output_nodata(config.output.nodata, value, out_dtype),
     )
+
+
+#: Blocks a GeoTIFF or COG writer asks for at once: two per worker, at most this many, so the
+#: process writing the file holds two such batches whatever the cluster's size.
+STREAM_BATCH_MOST = 16
+
+
+def stream_batch(workers: int) -> int:
+    """Blocks a file written in one pass is fed at a time (``engine.computed_blocks``)."""
+    return max(1, min(2 * workers, STREAM_BATCH_MOST))
 
 
 def compute_dtype(steps: list[StepPlan], dtype: np.dtype, out_dtype: np.dtype, nodata: float | None) -> np.dtype:

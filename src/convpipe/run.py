@@ -28,7 +28,7 @@ from convpipe.io.geotiff import GeoInfo
 from convpipe.io.inputs import InputSpec, open_input
 from convpipe.io.output import BlockOutput, Output, StreamOutput, output_for
 from convpipe.memory import available_bytes
-from convpipe.plan import PROCESS_BYTES, Plan, bind, remote_cache
+from convpipe.plan import PROCESS_BYTES, Plan, bind, remote_cache, stream_batch
 from convpipe.progress import Progress
 from convpipe.provenance import check_resumable, provenance
 from convpipe.schedulers import LOCAL_SCHEDULERS, SCHEDULERS, Scheduling, check_scheduler, scheduler
@@ -197,6 +197,13 @@ def check_worker_memory(plan: Plan, scheduling: Scheduling) -> None:
     """Refuse, before anything is written, a run whose blocks cannot fit in a dask.distributed
     worker's memory limit: each of its threads computes a block at once (the local check,
     ``check_memory``, cannot see a cluster's workers)."""
+    writer = PROCESS_BYTES + plan.writer_bytes(scheduling.slots)  # a TIFF's blocks come back here
+    available = available_bytes() if scheduling.worker_memory else None
+    if plan.writer_bytes(scheduling.slots) and available is not None and writer > available:
+        raise ConfigError(
+            f"writing {plan.storage.format} here needs about {writer / 2**30:.2f} GiB for the blocks the cluster "
+            f"sends back but {available / 2**30:.2f} GiB is available; use smaller input.chunks or --memory"
+        )
     for threads, limit in scheduling.worker_memory:
         needed = PROCESS_BYTES + plan.cache_bytes + threads * plan.memory_per_block()
         if needed > limit:
@@ -381,7 +388,7 @@ def _write_stream(target: StreamOutput, job: _Job) -> int:
 
     def blocks() -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
         order = target.block_order(plan)
-        for item in computed_blocks(plan, input_spec(job.config, plan), order, 2 * job.slots, job.options):
+        for item in computed_blocks(plan, input_spec(job.config, plan), order, stream_batch(job.slots), job.options):
             if lease.lost.is_set():
                 raise lifecycle.LeaseLost(lease.lost_reason or f"output {out}: this run lost its lease; it stops")
             done[0] += 1  # computed is done: the writer stops at its last tile

@@ -97,7 +97,7 @@ def scheduler(
         if name == "processes":
             settings["multiprocessing.initializer"] = _worker_process_setup
         with dask.config.set(settings):
-            yield Scheduling(slots=workers or os.cpu_count() or 1)
+            yield Scheduling(slots=1 if name == "sync" else workers or os.cpu_count() or 1)
         return
     from distributed import Client, LocalCluster
 
