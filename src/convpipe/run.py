@@ -197,9 +197,10 @@ def check_worker_memory(plan: Plan, scheduling: Scheduling) -> None:
     """Refuse, before anything is written, a run whose blocks cannot fit in a dask.distributed
     worker's memory limit: each of its threads computes a block at once (the local check,
     ``check_memory``, cannot see a cluster's workers)."""
-    writer = PROCESS_BYTES + plan.writer_bytes(scheduling.slots)  # a TIFF's blocks come back here
-    available = available_bytes() if scheduling.worker_memory else None
-    if plan.writer_bytes(scheduling.slots) and available is not None and writer > available:
+    held = plan.writer_bytes(scheduling.slots)  # a TIFF's blocks come back to this process
+    available = available_bytes() if scheduling.worker_memory and held else None
+    if available is not None and PROCESS_BYTES + held > available:
+        writer = PROCESS_BYTES + held
         raise ConfigError(
             f"writing {plan.storage.format} here needs about {writer / 2**30:.2f} GiB for the blocks the cluster "
             f"sends back but {available / 2**30:.2f} GiB is available; use smaller input.chunks or --memory"
