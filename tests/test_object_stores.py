@@ -408,7 +408,11 @@ def test_two_runs_at_once_on_one_output_one_proceeds(s3_env: S3Server, tmp_path:
             results = [racer_results(file, n + 1, racer)[n] for file, racer in zip(files, racers, strict=True)]
             assert sorted(code for _, code, _ in results) == [0, 2], results
             loser = next(text for _, code, text in results if code == 2)
-            assert_one_line_error(loser, f"output.path: {out}", "being written by another convpipe run")
+            # Which refusal the loser gives depends on when it looks, and both are right: while
+            # the winner writes, the lease is held; once a loaded machine lets the winner finish
+            # first, the output is complete and simply exists.
+            held = "being written by another convpipe run" in loser
+            assert_one_line_error(loser, f"output.path: {out}", "being written" if held else "already exists")
             status = zarr_output.read_status(parse(out))
             assert status is not None and status["complete"] is True
     finally:
