@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -336,3 +338,44 @@ def test_a_read_that_fails_while_claiming_leaves_no_claim_pending() -> None:
     with pytest.raises(Exception, match="no room for the strips"):
         reader.read([np.arange(15, 65), np.arange(15, 65)])
     assert not reader.cache.pending
+
+
+def test_blocks_the_size_of_chunks_decode_each_chunk_at_most_twice_without_a_chunk_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of one chunk each (a local Zarr stored in 2048² chunks) read a halo from all
+    eight neighbours. Without a whole-chunk budget (2-D's default), a chunk decoded for a halo
+    before its owner ran leaves its strips on every face, so its other neighbours do not
+    decode it again: once for the first neighbour, once for its owner, never a third time."""
+    import collections
+
+    import zarr
+
+    from convpipe.io import inputs
+
+    decoded: collections.Counter[tuple[int, ...]] = collections.Counter()
+    real = inputs.chunk_decoder
+
+    def counting(array: Any) -> Any:
+        files = real(array)
+        assert files is not None  # a plain local Zarr: decoded from its files
+
+        def decode(index: tuple[int, ...]) -> Any:
+            decoded[index] += 1
+            return files.decode(index)
+
+        return files._replace(decode=decode)
+
+    monkeypatch.setattr(inputs, "chunk_decoder", counting)
+    data = np.random.default_rng(5).integers(0, 60000, (200, 240), dtype=np.uint16)
+    zarr.create_array(tmp_path / "in.zarr", shape=data.shape, chunks=(40, 40), dtype="u2")[...] = data
+    reader = inputs.ArrayReader(zarr.open_array(tmp_path / "in.zarr", mode="r"), "in.zarr", None, 0)
+    halo = 3
+    for y in range(0, 200, 40):  # row-major, as the blocks run
+        for x in range(0, 240, 40):
+            box = (slice(max(y - halo, 0), min(y + 40 + halo, 200)), slice(max(x - halo, 0), min(x + 40 + halo, 240)))
+            indices = [np.arange(box[0].start, box[0].stop), np.arange(box[1].start, box[1].stop)]
+            np.testing.assert_array_equal(reader.read(indices), data[box])
+    assert reader.cache is not None and reader.cache.whole.limit == 0
+    assert len(decoded) == (200 // 40) * (240 // 40)
+    assert max(decoded.values()) <= 2, decoded.most_common(3)

@@ -63,13 +63,9 @@ class ChainJob:
     masked: bool = False  # track nodata (README, "Nodata")
     nodata: float | None = None  # the input's nodata value
     output_nodata: float | None = None  # written where the output is nodata; None: as NaN is
-
-    @property
-    def trim_slack(self) -> int:
-        """Freed memory the allocator may keep between blocks. With a chunk cache the process
-        holds hundreds of MiB anyway: keeping up to a quarter of that for reuse costs little
-        and saves faulting it in again every block (measured on the volume: 10 % of the run)."""
-        return self.source.cache_bytes // 4 if isinstance(self.source, InputSpec) else 0
+    # Freed memory the allocator may keep between blocks: the next block reuses it rather
+    # than fault it in afresh (on the edges case, half the kernel time; README, "Performance").
+    trim_slack: int = 0
 
     def block(self, index: Sequence[int], value_ranges: Sequence[ValueRange | None]) -> np.ndarray:
         """The block in the output dtype; with nodata tracked, nodata samples written as
@@ -113,7 +109,17 @@ def chain_job(plan: Plan, source: Source) -> ChainJob:
         plan.masked,
         plan.nodata,
         plan.output_nodata,
+        trim_slack(plan, source),
     )
+
+
+def trim_slack(plan: Plan, source: Source) -> int:
+    """What ``release_free_memory`` may leave to the allocator after a block: one block's
+    working memory, which the next block on that thread allocates again at once; with a chunk
+    cache, a quarter of the cache if that is more (the process holds that much anyway). Peak
+    RSS stays that of the blocks in flight: the slack is kept only between them."""
+    cache = source.cache_bytes if isinstance(source, InputSpec) else 0
+    return max(plan.memory_per_block(), cache // 4)
 
 
 def _block_range(job: ChainJob, index: tuple[int, ...], value_ranges: list[Any]) -> ValueRange:

@@ -159,9 +159,10 @@ class ChunkCache:
         held: Sequence[tuple[bool, bool]] | None,
         signature: Any = None,
     ) -> None:
-        """Store a chunk this thread decoded: whole if a block will still need all of it,
-        as strips if the block holding it entirely has read it (``held``: which of its faces,
-        low and high per axis, lie on that block's border, where neighbours read)."""
+        """Store a chunk this thread decoded: whole if a block will still need all of it (else
+        its strips on every face, for its other neighbours), as strips if the block holding it
+        entirely has read it (``held``: which of its faces, low and high per axis, lie on that
+        block's border, where neighbours read)."""
         with self.lock:
             if chunk is not None:
                 if self.signatures.get(key) != signature:
@@ -172,6 +173,10 @@ class ChunkCache:
                     self._keep_strips(key, chunk, held)
                 else:
                     self._keep(self.whole, key, chunk)
+                    if key not in self.whole:
+                        # Decoded for a halo and not kept whole: its other neighbours, which
+                        # may run before its owner, read its strips rather than decode it again.
+                        self._keep_strips(key, chunk, [(True, True)] * chunk.ndim)
                 if key not in self.whole and key not in self.strips:
                     self.signatures.pop(key, None)  # not kept (too big, no strips): no entry
             event = self.pending.pop(key, None)
