@@ -32,7 +32,9 @@ def test_default_budgets() -> None:
     cache = ChunkCache(0)
     assert (cache.whole.limit, cache.strips.limit) == (0, STRIP_BYTES)
     cache = ChunkCache(1000)
-    assert (cache.whole.limit, cache.strips.limit) == (750, 250)
+    assert (cache.whole.limit, cache.strips.limit) == (750, STRIP_BYTES)  # small chunks: many strips
+    cache = ChunkCache(400 * 2**20)
+    assert (cache.whole.limit, cache.strips.limit) == (300 * 2**20, 100 * 2**20)
     cache = ChunkCache(1000, strip_limit=10)
     assert (cache.whole.limit, cache.strips.limit) == (1000, 10)
 
@@ -379,3 +381,29 @@ def test_blocks_the_size_of_chunks_decode_each_chunk_at_most_twice_without_a_chu
     assert reader.cache is not None and reader.cache.whole.limit == 0
     assert len(decoded) == (200 // 40) * (240 // 40)
     assert max(decoded.values()) <= 2, decoded.most_common(3)
+
+
+def test_threads_opening_an_input_at_once_share_one_reader_and_its_cache(tmp_path: Path) -> None:
+    """A process's first blocks start together: each opening a reader of its own would keep a
+    cache of its own and decode the chunks they share once per reader."""
+    import zarr
+
+    from convpipe.io.inputs import InputSpec, forget_inputs, open_input
+
+    zarr.create_array(tmp_path / "in.zarr", shape=(64, 64), chunks=(16, 16), dtype="u2")[...] = 1
+    spec = InputSpec(str(tmp_path / "in.zarr"), cache_bytes=2**20)
+    forget_inputs()
+    start = threading.Barrier(8)
+    readers: list[Any] = []
+
+    def one() -> None:
+        start.wait()
+        readers.append(open_input(spec))
+
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert len(readers) == 8 and len({id(reader) for reader in readers}) == 1
+    forget_inputs()

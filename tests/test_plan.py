@@ -10,7 +10,8 @@ import pytest
 
 from convpipe.config import from_dict
 from convpipe.errors import ConfigError
-from convpipe.plan import MAX_CACHE_BYTES, PROCESS_BYTES, STREAM_BATCH_MOST, TARGET_BLOCK_BYTES, Plan, bind
+from convpipe.plan import PROCESS_BYTES, STREAM_BATCH_MOST, TARGET_BLOCK_BYTES, Plan, bind
+from convpipe.traversal import MAX_CACHE_BYTES
 
 
 def plan_for(steps: list[dict[str, Any]], shape: tuple[int, ...], storage: tuple[int, ...], **inp: Any) -> Plan:
@@ -62,7 +63,6 @@ def test_memory_estimate_scales_with_block_and_workers_not_image() -> None:
     large = plan_for(steps, (65536, 65536), (512, 512), chunks=[1024, 1024])
     assert small.memory_per_block() == large.memory_per_block()
     assert large.memory_estimate(4) - large.memory_estimate(2) == 2 * large.memory_per_block()
-    assert large.cache_bytes == 0  # 2-D: no chunk cache
     bigger_blocks = plan_for(steps, (4096, 4096), (512, 512), chunks=[2048, 2048])
     assert bigger_blocks.memory_per_block() > 3 * small.memory_per_block()
     # At least the float32 block itself, the uint16 input read and the output.

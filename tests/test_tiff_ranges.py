@@ -24,7 +24,7 @@ from cli_tools import invoke
 from s3server import S3Server
 
 from convpipe.io import stores
-from convpipe.io.inputs import ArrayReader, InputSpec, open_input
+from convpipe.io.inputs import ArrayReader, InputSpec, forget_inputs, open_input
 
 RNG = np.random.default_rng(31)
 PLANE = (RNG.random((600, 520)) * 4000).astype(np.uint16)
@@ -104,9 +104,9 @@ def requests(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, list[tuple[int,
 
 @pytest.fixture(autouse=True)
 def fresh_inputs() -> Iterator[None]:
-    open_input.cache_clear()
+    forget_inputs()
     yield
-    open_input.cache_clear()
+    forget_inputs()
 
 
 def remote(s3_env: S3Server, local: Path, level: int = 0, cache_bytes: int = 0) -> ArrayReader:

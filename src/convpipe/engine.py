@@ -163,15 +163,28 @@ class GraphBuilder:
         return chain_job(self.plan, self.source)
 
     def block_tasks(
-        self, name: str, function: Callable[..., Any], *extra: Any, indices: Iterable[tuple[int, ...]] | None = None
+        self,
+        name: str,
+        function: Callable[..., Any],
+        *extra: Any,
+        indices: Iterable[tuple[int, ...]] | None = None,
+        in_order: bool = False,
     ) -> list[tuple[Any, ...]]:
-        """One task per output block (or per block in ``indices``): ``function(job, index, ranges, *extra)``."""
+        """One task per output block (or per block in ``indices``): ``function(job, index, ranges, *extra)``.
+
+        Keys are the block's index, or with ``in_order`` its rank in ``indices``, named so that
+        dask runs the blocks in that order: dask breaks ties between like tasks by their keys
+        as text, largest first, so the ranks count down and all have as many digits.
+        """
         job = self.job()
         keys = []
         if indices is None:
             indices = np.ndindex(*[len(c) for c in self.plan.chunks])
-        for index in indices:
-            key = (f"{name}-{self.token}", *index)
+        indices = list(indices)
+        first = 10 ** len(str(len(indices)))
+        for position, index in enumerate(indices):
+            rank = (first + len(indices) - 1 - position,) if in_order else tuple(index)
+            key = (f"{name}-{self.token}", *rank)
             self.tasks[key] = (function, job, tuple(index), list(self.value_ranges), *extra)
             keys.append(key)
         return keys
@@ -273,11 +286,12 @@ def write_graph(
     """A Delayed that computes blocks and hands each to ``write(target, index, bounds, data)``.
 
     Computing and writing happen in the same task, so block data never travels between
-    workers; the final task only counts the blocks written. ``indices`` limits the run to
-    those blocks (a resumed run).
+    workers; the final task only counts the blocks written. ``indices``: the blocks, in the
+    order they are to run (``Plan.block_order``, less what a resumed run has); default all.
     """
     builder = GraphBuilder(plan, source)
-    keys = builder.block_tasks("convpipe-write", _compute_and_write, write, target, indices=indices)
+    indices = plan.block_order() if indices is None else indices
+    keys = builder.block_tasks("convpipe-write", _compute_and_write, write, target, indices=indices, in_order=True)
     final = f"convpipe-done-{builder.token}"
     builder.tasks[final] = (_count, *keys)
     graph = HighLevelGraph.from_collections(final, builder.tasks, dependencies=())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from convpipe import coords, filters, ops
+from convpipe import coords, filters, ops, traversal
 from convpipe.config import SPATIAL_AXES, TIFF_FORMATS, Config, OutputConfig, output_codec, output_dtype, output_format
 from convpipe.coords import Frame
 from convpipe.errors import ConfigError, ParamError
@@ -105,9 +105,24 @@ class Plan:
 
     def __post_init__(self) -> None:
         if self.cache_bytes < 0:
-            object.__setattr__(
-                self, "cache_bytes", default_cache(self.input_shape, self.input_chunks, self.spatial, self.input_dtype)
+            streamed = self.storage.format in TIFF_FORMATS
+            cache = traversal.default_cache(
+                self.chunk_layout, self.input_shape, self.input_chunks, self.input_dtype.itemsize, streamed
             )
+            object.__setattr__(self, "cache_bytes", cache)
+
+    @property
+    def chunk_layout(self) -> traversal.Layout:
+        """The blocks over the input's storage chunks (what the chunk cache is sized from)."""
+        return traversal.Layout(
+            self.input_shape, self.input_chunks, self.input_block, self.spatial, self.input_dtype.itemsize
+        )
+
+    def block_order(self) -> list[tuple[int, ...]]:
+        """The order a Zarr output's blocks run in: in bands as wide as the chunk cache holds
+        (``traversal``), so each input chunk is decoded about once."""
+        grid = tuple(len(c) for c in self.chunks)
+        return traversal.block_order(grid, self.spatial, traversal.band_width(self.chunk_layout, self.cache_bytes))
 
     @property
     def output_shape(self) -> tuple[int, ...]:
@@ -284,35 +299,6 @@ class Plan:
             block[axis] = smaller
             plan = dataclasses.replace(plan, input_block=tuple(block))
         return plan
-
-
-#: The chunk cache never grows beyond this, however wide the image: memory stays bounded.
-MAX_CACHE_BYTES = 512 * 2**20
-
-
-def default_cache(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tuple[int, ...], dtype: np.dtype) -> int:
-    """Room for the decoded input chunks that neighbouring blocks' halos share.
-
-    Blocks run in row-major order, so a block's halo reaches back into chunks decoded a whole
-    row of blocks earlier: the cache holds about one and a half layers of storage chunks across
-    the slowest spatial axis (chunk slabs of the volume). Only for volumes: see below.
-    """
-    if len(spatial) < 3:
-        # In 2-D the halo's extra decoding is a few percent of the read (measured: 7 %), not
-        # worth the memory; in 3-D thin chunks made it 13x the block (README, "Performance").
-        return 0
-    return remote_cache(shape, storage, spatial, dtype)
-
-
-def remote_cache(shape: tuple[int, ...], storage: tuple[int, ...], spatial: tuple[int, ...], dtype: np.dtype) -> int:
-    """The chunk cache for an input in an object store, in 2-D too: there every halo chunk read
-    again is another request (on 512² chunks and 2048² blocks, 56 % more GETs without it).
-    Its size is ``default_cache``'s: one and a half layers of chunks across the slowest axis."""
-    if tuple(storage) == tuple(shape) or not spatial:
-        return 0
-    slow = spatial[0]
-    layer = storage[slow] * math.prod(n for d, n in enumerate(shape) if d != slow) * np.dtype(dtype).itemsize
-    return int(min(MAX_CACHE_BYTES, 1.5 * layer))
 
 
 def default_axes(ndim: int) -> str:

@@ -25,13 +25,14 @@ from convpipe.engine import computed_blocks, pyramid_graph, trial_block, write_g
 from convpipe.errors import ConfigError, ConvpipeError, RunError
 from convpipe.io import lifecycle, stores
 from convpipe.io.geotiff import GeoInfo
-from convpipe.io.inputs import InputSpec, open_input
+from convpipe.io.inputs import InputSpec, forget_inputs, open_input
 from convpipe.io.output import BlockOutput, Output, StreamOutput, output_for
 from convpipe.memory import available_bytes
-from convpipe.plan import PROCESS_BYTES, Plan, bind, remote_cache, stream_batch
+from convpipe.plan import PROCESS_BYTES, Plan, bind, stream_batch
 from convpipe.progress import Progress
 from convpipe.provenance import check_resumable, provenance
 from convpipe.schedulers import LOCAL_SCHEDULERS, SCHEDULERS, Scheduling, check_scheduler, scheduler
+from convpipe.traversal import remote_cache
 
 __all__ = ["SCHEDULERS", "Checked", "RunResult", "check_output", "check_run", "input_spec", "make_plan", "run"]
 
@@ -64,7 +65,7 @@ def make_plan(config: Config, memory: int | None = None, workers: int | None = N
         nodata=reader.nodata,
     )
     if plan.cache_bytes == 0 and config.input.location.is_remote:
-        cache = remote_cache(plan.input_shape, plan.input_chunks, plan.spatial, plan.input_dtype)
+        cache = remote_cache(plan.input_shape, plan.input_chunks, plan.spatial, plan.input_dtype.itemsize)
         plan = dataclasses.replace(plan, cache_bytes=cache)
     if memory is not None:
         plan = plan.fitted(memory, workers or os.cpu_count() or 1)
@@ -264,7 +265,7 @@ def check_run(
         raise ConfigError("--resume and --overwrite: choose one (resume keeps the blocks already written)")
     if scheduler_name != "cluster" or config.cluster is None:
         check_scheduler(scheduler_name)
-    open_input.cache_clear()  # an input rewritten since an earlier run in this process is read afresh
+    forget_inputs()  # an input rewritten since an earlier run in this process is read afresh
     plan = make_plan(config, memory, workers)
     seen = _lock_state(config, plan)  # before the checks: see _check_alone
     found = check_output(config, plan, overwrite=overwrite, resume=resume)
@@ -366,7 +367,7 @@ def _write_blocks(target: BlockOutput, job: _Job, *, keep: bool) -> tuple[int, i
     plan, config = job.plan, job.config
     extra = {**geo_attributes(output_geo(config, plan)), **nodata_attributes(plan)}
     done = target.begin(plan, job.record, extra, config.input.location.name, keep=keep)
-    todo = [i for i in np.ndindex(*[len(c) for c in plan.chunks]) if i not in done]
+    todo = [i for i in plan.block_order() if i not in done]
     handle = target.writer(job.lease.key)
     graph_start = time.perf_counter()
     graph = write_graph(plan, input_spec(config, plan), target.write_block, handle, todo)

@@ -7,8 +7,8 @@ again for every block that touches it (up to 3**ndim times for a corner chunk).
 What it keeps: whole decoded chunks until the block holding a chunk entirely has read it,
 then only the strips along that chunk's faces, as deep as the halo, which is all its
 neighbours still need. Whole chunks stay within the plan's ``cache_bytes`` (less a quarter
-for strips); strips within their own budget (a quarter of it, or ``STRIP_BYTES`` without a
-chunk cache). Least recently used entries are evicted first, and an entry is dropped when its
+for strips); strips within their own budget (that quarter, and at least ``STRIP_BYTES``: small
+chunks have many strips for their size). Least recently used entries are evicted first, and an entry is dropped when its
 chunk file's signature (inode, size, mtime) changes.
 """
 
@@ -81,9 +81,10 @@ class ChunkCache:
     """
 
     def __init__(self, limit: int, strip_limit: int | None = None) -> None:
-        if strip_limit is None:  # a quarter of the budget, or STRIP_BYTES without one
-            strip_limit = limit // 4 if limit else STRIP_BYTES
-            limit -= strip_limit if limit else 0
+        if strip_limit is None:  # a quarter of the budget, never less than STRIP_BYTES
+            quarter = limit // 4
+            limit -= quarter
+            strip_limit = max(quarter, STRIP_BYTES)
         self.whole = _Budget(limit)
         self.strips = _Budget(strip_limit)
         self.signatures: dict[tuple[int, ...], Any] = {}  # of the whole chunks and strips held

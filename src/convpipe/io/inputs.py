@@ -547,9 +547,27 @@ def _open_tiff(spec: InputSpec) -> ArrayReader:
     )
 
 
-@functools.lru_cache(maxsize=16)
 def open_input(spec: InputSpec) -> ArrayReader:
-    """Open the input once per process; tasks call this instead of carrying file handles."""
+    """Open the input once per process; tasks call this instead of carrying file handles.
+
+    Once, even when a process's first blocks start together: each would otherwise open a
+    reader of its own, with a chunk cache of its own, and decode the chunks they share twice.
+    """
+    with _OPENING:
+        return _open_input(spec)
+
+
+def forget_inputs() -> None:
+    """Open every input afresh from now on (one rewritten since an earlier run is reread)."""
+    with _OPENING:
+        _open_input.cache_clear()
+
+
+_OPENING = threading.Lock()
+
+
+@functools.lru_cache(maxsize=16)
+def _open_input(spec: InputSpec) -> ArrayReader:
     location = spec.location
     if location.is_local and not Path(location.path).exists():
         raise RunError(f"input {location}: no such file or directory")

@@ -1,0 +1,141 @@
+"""The order blocks run in, and the cache of decoded input chunks that order needs.
+
+A block reads beyond its edges by the chain's halo, into storage chunks its neighbours hold.
+A compressed chunk is decoded whole even for a strip of it, so each chunk should be decoded
+once: kept whole from the first halo that reads it until the block holding it has run, then
+only as the strips along its faces (``io/cache.py``). In row-major order that means a row of
+chunks across the whole image. So a wide 2-D image runs in bands across its last axis (x),
+each band row by row, as wide as a bounded cache allows; a chunk is then decoded twice only
+along a band's edge. Volumes keep one and a half slabs of chunks across z instead, and run
+slab by slab (README, "Performance").
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = [
+    "BAND_CACHE_BYTES",
+    "MAX_CACHE_BYTES",
+    "MIN_BAND",
+    "band_width",
+    "block_order",
+    "default_cache",
+    "remote_cache",
+]
+
+#: The chunk cache never grows beyond this, however wide the image: memory stays bounded.
+MAX_CACHE_BYTES = 512 * 2**20
+
+#: A 2-D image's whole-chunk cache stays within this; wider images run in bands.
+BAND_CACHE_BYTES = 128 * 2**20
+
+#: Bands narrower than this many blocks decode too many chunks twice (one column in this
+#: many) to be worth a cache: such inputs keep only strips, in row-major order.
+MIN_BAND = 4
+
+
+class Layout:
+    """The block grid over the input's storage chunks: what the cache arithmetic needs."""
+
+    def __init__(
+        self,
+        shape: Sequence[int],
+        chunks: Sequence[int],
+        block: Sequence[int],
+        spatial: Sequence[int],
+        itemsize: int,
+    ) -> None:
+        self.spatial = tuple(spatial)
+        self.grid = tuple(-(-n // b) for n, b in zip(shape, block, strict=True))
+        # Chunks a block spans along y and x (a block need not start on a chunk boundary).
+        self.per_block = tuple(-(-b // c) + (b % c != 0) for b, c in zip(block, chunks, strict=True))
+        self.chunk_bytes = math.prod(min(c, n) for c, n in zip(chunks, shape, strict=True)) * itemsize
+
+    def whole_bytes(self, band: int) -> int:
+        """The whole chunks alive at once in a band ``band`` blocks wide: across the band and
+        one beyond each side, the first chunk row of the next row of blocks (decoded by the
+        halos of this row) or of this row (not yet run); the chunk column right of a block
+        (decoded by its halo, run next), twice for the block running beside it."""
+        y, x = (self.per_block[d] for d in self.spatial[-2:])
+        return ((band + 2) * x + 2 * y) * self.chunk_bytes
+
+
+def _whole(cache_bytes: int) -> int:
+    """The part of a cache kept for whole chunks (``io/cache.py`` keeps a quarter for strips)."""
+    return cache_bytes - cache_bytes // 4
+
+
+def default_cache(layout: Layout, shape: Sequence[int], chunks: Sequence[int], itemsize: int, streamed: bool) -> int:
+    """Room for the decoded input chunks that neighbouring blocks' halos share.
+
+    2-D: the whole chunks of a band as wide as the image if that fits ``BAND_CACHE_BYTES``,
+    else of the widest band that does (none when that is narrower than ``MIN_BAND`` blocks,
+    or when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes:
+    one and a half slabs of chunks across z (``remote_cache``).
+    """
+    if len(layout.spatial) >= 3:
+        return remote_cache(shape, chunks, layout.spatial, itemsize)
+    if streamed or len(layout.spatial) < 2 or tuple(chunks) == tuple(shape):
+        return 0
+    across = layout.grid[layout.spatial[-1]]
+    if layout.grid[layout.spatial[-2]] < 2:  # one row of blocks: no halo reaches a later row
+        return 0
+    for band in range(across, min(across, MIN_BAND) - 1, -1):
+        need = layout.whole_bytes(band)
+        if need <= BAND_CACHE_BYTES:
+            return need + need // 3  # and a quarter of the total for strips
+    return 0
+
+
+def remote_cache(shape: Sequence[int], chunks: Sequence[int], spatial: Sequence[int], itemsize: int) -> int:
+    """One and a half layers of chunks across the slowest spatial axis: what a volume's blocks
+    need (row-major, a block's halo reaches back a whole slab of blocks), and what an input in
+    an object store keeps in 2-D too when the output's order is not banded (there every halo
+    chunk read again is another request: on 512² chunks and 2048² blocks, 56 % more GETs)."""
+    if tuple(chunks) == tuple(shape) or not spatial:
+        return 0
+    slow = spatial[0]
+    layer = chunks[slow] * math.prod(n for d, n in enumerate(shape) if d != slow) * itemsize
+    return int(min(MAX_CACHE_BYTES, 1.5 * layer))
+
+
+def band_width(layout: Layout, cache_bytes: int) -> int:
+    """Blocks per band across x: the widest band whose whole chunks the cache holds (the
+    whole image without a cache, in 3-D, or when even ``MIN_BAND`` blocks do not fit)."""
+    across = layout.grid[layout.spatial[-1]] if layout.spatial else 1
+    if cache_bytes <= 0 or len(layout.spatial) != 2:
+        return across
+    whole = _whole(cache_bytes)
+    for band in range(across, MIN_BAND - 1, -1):
+        if layout.whole_bytes(band) <= whole:
+            return band
+    return across
+
+
+def block_order(grid: Sequence[int], spatial: Sequence[int], band: int) -> list[tuple[int, ...]]:
+    """Every block index once: plane by plane along the non-spatial axes (t, c), then band by
+    band across the last spatial axis, each band row-major."""
+    if not spatial:
+        return [tuple(int(i) for i in index) for index in np.ndindex(*grid)]
+    last = spatial[-1]
+    band = max(1, min(band, grid[last]))
+    outer = [d for d in range(len(grid)) if d not in spatial]
+    inner = [d for d in spatial if d != last]
+    order = []
+    for plane in itertools.product(*(range(grid[d]) for d in outer)):
+        for start in range(0, grid[last], band):
+            for rows in itertools.product(*(range(grid[d]) for d in inner)):
+                for x in range(start, min(start + band, grid[last])):
+                    index = [0] * len(grid)
+                    for d, i in zip(outer, plane, strict=True):
+                        index[d] = i
+                    for d, i in zip(inner, rows, strict=True):
+                        index[d] = i
+                    index[last] = x
+                    order.append(tuple(index))
+    return order

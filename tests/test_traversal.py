@@ -1,0 +1,132 @@
+"""The order blocks run in and the chunk cache it needs: every block once, each input chunk
+decoded about once, and memory that does not follow the image's width."""
+
+from __future__ import annotations
+
+import collections
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from convpipe import traversal
+from convpipe.config import from_dict
+from convpipe.plan import Plan, bind
+from convpipe.traversal import BAND_CACHE_BYTES, MIN_BAND, block_order
+
+EDGES = [{"filter": "gaussian", "sigma": 2}, {"filter": "sharpen"}, {"filter": "sobel"}]
+
+
+def plan_for(shape: tuple[int, ...], storage: tuple[int, ...], output: str = "out.zarr", **inp: Any) -> Plan:
+    config = from_dict({"input": {"path": "in.zarr", **inp}, "output": {"path": output}, "pipeline": EDGES})
+    return bind(config, shape, np.dtype("uint16"), storage)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    grid=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    band=st.integers(1, 8),
+    data=st.data(),
+)
+def test_every_block_once_band_by_band_each_band_row_major(grid: list[int], band: int, data: st.DataObject) -> None:
+    ndim = len(grid)
+    spatial = tuple(sorted(data.draw(st.sets(st.integers(0, ndim - 1), min_size=1, max_size=min(3, ndim)))))
+    order = block_order(grid, spatial, band)
+    assert sorted(order) == sorted(np.ndindex(*grid))  # every block, once
+    last = spatial[-1]
+    width = min(band, grid[last])
+    key = [
+        (
+            tuple(index[d] for d in range(ndim) if d not in spatial),  # plane by plane (t, c)
+            index[last] // width,  # then band by band
+            tuple(index[d] for d in spatial[:-1]),  # each band row-major
+            index[last],
+        )
+        for index in order
+    ]
+    assert key == sorted(key)
+
+
+def test_a_wide_image_runs_in_bands_and_its_cache_does_not_follow_the_width() -> None:
+    """16384² in 2048² chunks fits one band; 64 times as wide, the band and the cache stop
+    growing at the cap, and the bands are still wide enough to be worth it."""
+    narrow = plan_for((16384, 16384), (2048, 2048))
+    wide = plan_for((16384, 16384 * 64), (2048, 2048))
+    wider = plan_for((16384, 16384 * 256), (2048, 2048))
+    assert traversal.band_width(narrow.chunk_layout, narrow.cache_bytes) == 8  # the whole width
+    band = traversal.band_width(wide.chunk_layout, wide.cache_bytes)
+    assert MIN_BAND <= band < 8 * 64
+    assert wide.cache_bytes == wider.cache_bytes <= BAND_CACHE_BYTES * 4 // 3
+    assert wide.memory_estimate(2) == wider.memory_estimate(2)
+    order = wide.block_order()
+    assert order[: band + 1] == [(0, x) for x in range(band)] + [(1, 0)]
+
+
+def test_no_whole_chunk_cache_where_it_would_not_pay() -> None:
+    """A TIFF output takes blocks in its own order, a single row of blocks has no halo into a
+    later row, and chunks so large that a band would be narrower than MIN_BAND blocks are
+    decoded twice rather than held: strips only, in row-major order."""
+    assert plan_for((16384, 16384), (2048, 2048), output="out.tif").cache_bytes == 0
+    assert plan_for((2048, 16384), (2048, 2048)).cache_bytes == 0
+    huge_chunks = plan_for((65536, 65536), (8192, 8192))
+    assert huge_chunks.cache_bytes == 0
+    grid = tuple(len(c) for c in huge_chunks.chunks)
+    assert huge_chunks.block_order() == list(np.ndindex(*grid))
+
+
+def test_volumes_run_slab_by_slab_with_their_slab_cache() -> None:
+    config = from_dict({"input": {"path": "in.zarr"}, "output": {"path": "out.zarr"}, "pipeline": EDGES[:1]})
+    volume = bind(config, (256, 2048, 2048), np.dtype("uint16"), (32, 256, 256))
+    assert volume.cache_bytes == int(1.5 * 32 * 2048 * 2048 * 2)
+    grid = tuple(len(c) for c in volume.chunks)
+    assert volume.block_order() == list(np.ndindex(*grid))
+
+
+@pytest.mark.parametrize("cap", [BAND_CACHE_BYTES, None])
+def test_a_run_decodes_each_chunk_once_except_along_band_edges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int | None
+) -> None:
+    """Through the real run (threads): blocks the size of the storage chunks, so every halo
+    reads all eight neighbours. In one band each chunk is decoded once (the trial block's
+    aside); with a cap that makes bands of MIN_BAND blocks, only the chunks along a band's
+    right edge are decoded twice. The output is the same either way."""
+    from convpipe.io import inputs
+    from convpipe.run import run
+
+    decoded: collections.Counter[tuple[int, ...]] = collections.Counter()
+    real = inputs.chunk_decoder
+
+    def counting(array: Any) -> Any:
+        files = real(array)
+        assert files is not None
+
+        def decode(index: tuple[int, ...]) -> Any:
+            decoded[index] += 1
+            return files.decode(index)
+
+        return files._replace(decode=decode)
+
+    monkeypatch.setattr(inputs, "chunk_decoder", counting)
+    chunk, rows, columns = 64, 6, 3 * MIN_BAND
+    if cap is not None:  # room for bands of MIN_BAND blocks exactly
+        layout = traversal.Layout((rows * chunk, columns * chunk), (chunk,) * 2, (chunk,) * 2, (0, 1), 2)
+        monkeypatch.setattr(traversal, "BAND_CACHE_BYTES", layout.whole_bytes(MIN_BAND))
+    data = np.random.default_rng(7).integers(0, 60000, (rows * chunk, columns * chunk), dtype=np.uint16)
+    zarr.create_array(tmp_path / "in.zarr", shape=data.shape, chunks=(chunk, chunk), dtype="u2")[...] = data
+    document = {"input": {"path": str(tmp_path / "in.zarr"), "chunks": [chunk, chunk]}, "pipeline": EDGES}
+    run(from_dict({**document, "output": {"path": str(tmp_path / "out.zarr")}}), scheduler_name="threads", workers=2)
+    trial = {(0, 0), (0, 1), (1, 0), (1, 1)}  # the first block is computed once before the run
+    twice = {index for index, count in decoded.items() if count - (index in trial) > 1}
+    assert len(decoded) == rows * columns and max(decoded.values()) <= 2, decoded.most_common(4)
+    edges = {(r, c) for r in range(rows) for c in range(MIN_BAND, columns, MIN_BAND)}
+    assert twice <= (edges if cap is not None else set()), sorted(twice - edges)
+    out = zarr.open_array(tmp_path / "out.zarr", mode="r")[...]
+    monkeypatch.setattr(traversal, "BAND_CACHE_BYTES", 0)  # no cache, row-major: the reference run
+    run(from_dict({**document, "output": {"path": str(tmp_path / "ref.zarr")}}), scheduler_name="sync")
+    np.testing.assert_array_equal(out, zarr.open_array(tmp_path / "ref.zarr", mode="r")[...])
+    assert math.prod(out.shape) == data.size
