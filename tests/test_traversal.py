@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from convpipe import traversal
 from convpipe.config import from_dict
 from convpipe.plan import Plan, bind
-from convpipe.traversal import BAND_CACHE_BYTES, MIN_BAND, block_order
+from convpipe.traversal import BAND_CACHE_BYTES, MAX_BAND, MIN_BAND, block_order
 
 EDGES = [{"filter": "gaussian", "sigma": 2}, {"filter": "sharpen"}, {"filter": "sobel"}]
 
@@ -52,19 +52,22 @@ def test_every_block_once_band_by_band_each_band_row_major(grid: list[int], band
     assert key == sorted(key)
 
 
-def test_a_wide_image_runs_in_bands_and_its_cache_does_not_follow_the_width() -> None:
-    """16384² in 2048² chunks fits one band; 64 times as wide, the band and the cache stop
-    growing at the cap, and the bands are still wide enough to be worth it."""
+def test_bands_are_at_most_max_band_blocks_wide_and_memory_does_not_follow_the_width() -> None:
+    """16384² in 2048² chunks is one band of 8 blocks; 64 or 256 times as wide, the bands and
+    the cache stay as they are. Larger chunks (float32) make narrower bands within the cap."""
     narrow = plan_for((16384, 16384), (2048, 2048))
     wide = plan_for((16384, 16384 * 64), (2048, 2048))
-    wider = plan_for((16384, 16384 * 256), (2048, 2048))
-    assert traversal.band_width(narrow.chunk_layout, narrow.cache_bytes) == 8  # the whole width
-    band = traversal.band_width(wide.chunk_layout, wide.cache_bytes)
-    assert MIN_BAND <= band < 8 * 64
-    assert wide.cache_bytes == wider.cache_bytes <= BAND_CACHE_BYTES * 4 // 3
-    assert wide.memory_estimate(2) == wider.memory_estimate(2)
+    wider = plan_for((16384 * 4, 16384 * 256), (2048, 2048))
+    for plan in (narrow, wide, wider):
+        assert traversal.band_width(plan.chunk_layout, plan.cache_bytes) == MAX_BAND == 8
+    assert narrow.cache_bytes == wide.cache_bytes == wider.cache_bytes <= BAND_CACHE_BYTES * 4 // 3
+    assert narrow.memory_estimate(2) == wider.memory_estimate(2)
     order = wide.block_order()
-    assert order[: band + 1] == [(0, x) for x in range(band)] + [(1, 0)]
+    assert order[: MAX_BAND + 1] == [(0, x) for x in range(MAX_BAND)] + [(1, 0)]
+    config = from_dict({"input": {"path": "in.zarr"}, "output": {"path": "out.zarr"}, "pipeline": EDGES})
+    floats = bind(config, (16384, 16384 * 64), np.dtype("float32"), (2048, 2048))
+    band = traversal.band_width(floats.chunk_layout, floats.cache_bytes)
+    assert MIN_BAND <= band < MAX_BAND and floats.cache_bytes <= BAND_CACHE_BYTES * 4 // 3
 
 
 def test_no_whole_chunk_cache_where_it_would_not_pay() -> None:
@@ -92,9 +95,9 @@ def test_a_run_decodes_each_chunk_once_except_along_band_edges(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int | None
 ) -> None:
     """Through the real run (threads): blocks the size of the storage chunks, so every halo
-    reads all eight neighbours. In one band each chunk is decoded once (the trial block's
-    aside); with a cap that makes bands of MIN_BAND blocks, only the chunks along a band's
-    right edge are decoded twice. The output is the same either way."""
+    reads all eight neighbours. Only the chunks along a band's right edge may be decoded
+    twice: bands of MAX_BAND blocks, or of MIN_BAND with a cache cap that leaves room for no
+    more. The output is the same as a run without a cache, in row-major order."""
     from convpipe.io import inputs
     from convpipe.run import run
 
@@ -123,8 +126,9 @@ def test_a_run_decodes_each_chunk_once_except_along_band_edges(
     trial = {(0, 0), (0, 1), (1, 0), (1, 1)}  # the first block is computed once before the run
     twice = {index for index, count in decoded.items() if count - (index in trial) > 1}
     assert len(decoded) == rows * columns and max(decoded.values()) <= 2, decoded.most_common(4)
-    edges = {(r, c) for r in range(rows) for c in range(MIN_BAND, columns, MIN_BAND)}
-    assert twice <= (edges if cap is not None else set()), sorted(twice - edges)
+    band = MIN_BAND if cap is not None else MAX_BAND
+    edges = {(r, c) for r in range(rows) for c in range(band, columns, band)}
+    assert twice <= edges, sorted(twice - edges)
     out = zarr.open_array(tmp_path / "out.zarr", mode="r")[...]
     monkeypatch.setattr(traversal, "BAND_CACHE_BYTES", 0)  # no cache, row-major: the reference run
     run(from_dict({**document, "output": {"path": str(tmp_path / "ref.zarr")}}), scheduler_name="sync")

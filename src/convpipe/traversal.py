@@ -4,10 +4,11 @@ A block reads beyond its edges by the chain's halo, into storage chunks its neig
 A compressed chunk is decoded whole even for a strip of it, so each chunk should be decoded
 once: kept whole from the first halo that reads it until the block holding it has run, then
 only as the strips along its faces (``io/cache.py``). In row-major order that means a row of
-chunks across the whole image. So a wide 2-D image runs in bands across its last axis (x),
-each band row by row, as wide as a bounded cache allows; a chunk is then decoded twice only
-along a band's edge. Volumes keep one and a half slabs of chunks across z instead, and run
-slab by slab (README, "Performance").
+chunks across the whole image. So a 2-D image runs in bands across its last axis (x), each
+band row by row, at most ``MAX_BAND`` blocks wide: the cache is then the same for every
+image at least that wide, and a chunk is decoded twice only along a band's edge. Volumes
+keep one and a half slabs of chunks across z instead, and run slab by slab (README,
+"Performance").
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "BAND_CACHE_BYTES",
+    "MAX_BAND",
     "MAX_CACHE_BYTES",
     "MIN_BAND",
     "band_width",
@@ -33,6 +35,11 @@ MAX_CACHE_BYTES = 512 * 2**20
 
 #: A 2-D image's whole-chunk cache stays within this; wider images run in bands.
 BAND_CACHE_BYTES = 128 * 2**20
+
+#: Bands are at most this many blocks wide, so that the cache, like the rest of a run's
+#: memory, is the same for every image at least this wide; a band's edge decodes one chunk
+#: column in this many (times the chunks per block) twice.
+MAX_BAND = 8
 
 #: Bands narrower than this many blocks decode too many chunks twice (one column in this
 #: many) to be worth a cache: such inputs keep only strips, in row-major order.
@@ -73,16 +80,16 @@ def _whole(cache_bytes: int) -> int:
 def default_cache(layout: Layout, shape: Sequence[int], chunks: Sequence[int], itemsize: int, streamed: bool) -> int:
     """Room for the decoded input chunks that neighbouring blocks' halos share.
 
-    2-D: the whole chunks of a band as wide as the image if that fits ``BAND_CACHE_BYTES``,
-    else of the widest band that does (none when that is narrower than ``MIN_BAND`` blocks,
-    or when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes:
-    one and a half slabs of chunks across z (``remote_cache``).
+    2-D: the whole chunks of a band as wide as the image, up to ``MAX_BAND`` blocks and
+    ``BAND_CACHE_BYTES`` (none when that leaves a band narrower than ``MIN_BAND`` blocks, or
+    when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes: one
+    and a half slabs of chunks across z (``remote_cache``).
     """
     if len(layout.spatial) >= 3:
         return remote_cache(shape, chunks, layout.spatial, itemsize)
     if streamed or len(layout.spatial) < 2 or tuple(chunks) == tuple(shape):
         return 0
-    across = layout.grid[layout.spatial[-1]]
+    across = min(layout.grid[layout.spatial[-1]], MAX_BAND)
     if layout.grid[layout.spatial[-2]] < 2:  # one row of blocks: no halo reaches a later row
         return 0
     for band in range(across, min(across, MIN_BAND) - 1, -1):
@@ -111,7 +118,7 @@ def band_width(layout: Layout, cache_bytes: int) -> int:
     if cache_bytes <= 0 or len(layout.spatial) != 2:
         return across
     whole = _whole(cache_bytes)
-    for band in range(across, MIN_BAND - 1, -1):
+    for band in range(min(across, MAX_BAND), MIN_BAND - 1, -1):
         if layout.whole_bytes(band) <= whole:
             return band
     return across
