@@ -82,12 +82,19 @@ def test_no_whole_chunk_cache_where_it_would_not_pay() -> None:
     assert huge_chunks.block_order() == list(np.ndindex(*grid))
 
 
-def test_volumes_run_slab_by_slab_with_their_slab_cache() -> None:
+def test_volumes_run_in_bands_within_the_cache_cap_else_row_major_with_a_slab_cache() -> None:
+    """The benchmark's volume (256×2048² in 32×256² chunks, blocks two chunks deep) runs in
+    bands as wide as MAX_CACHE_BYTES allows; one whose band could not be MIN_BAND blocks wide
+    keeps 1.5 chunk slabs (at most the cap) and runs row-major."""
     config = from_dict({"input": {"path": "in.zarr"}, "output": {"path": "out.zarr"}, "pipeline": EDGES[:1]})
     volume = bind(config, (256, 2048, 2048), np.dtype("uint16"), (32, 256, 256))
-    assert volume.cache_bytes == int(1.5 * 32 * 2048 * 2048 * 2)
-    grid = tuple(len(c) for c in volume.chunks)
-    assert volume.block_order() == list(np.ndindex(*grid))
+    band = traversal.band_width(volume.chunk_layout, volume.cache_bytes)
+    assert MIN_BAND <= band < 8 and volume.cache_bytes <= traversal.MAX_CACHE_BYTES
+    assert volume.block_order()[: band + 1] == [(0, 0, x) for x in range(band)] + [(0, 1, 0)]
+    wide = bind(config, (256, 8192, 8192), np.dtype("uint16"), (32, 256, 256))
+    assert wide.cache_bytes == traversal.MAX_CACHE_BYTES
+    grid = tuple(len(c) for c in wide.chunks)
+    assert wide.block_order() == list(np.ndindex(*grid))
 
 
 @pytest.mark.parametrize("cap", [BAND_CACHE_BYTES, None])
@@ -134,3 +141,48 @@ def test_a_run_decodes_each_chunk_once_except_along_band_edges(
     run(from_dict({**document, "output": {"path": str(tmp_path / "ref.zarr")}}), scheduler_name="sync")
     np.testing.assert_array_equal(out, zarr.open_array(tmp_path / "ref.zarr", mode="r")[...])
     assert math.prod(out.shape) == data.size
+
+
+def test_a_volume_runs_in_bands_and_decodes_each_chunk_about_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A volume whose blocks are two chunks deep: its halo reads the first chunk slab of the
+    next layer of blocks, which must stay whole until that layer runs. With a cap that leaves
+    room for bands of MIN_BAND blocks only, just the chunks along a band's edge are decoded
+    twice; the output equals a run without a cache."""
+    from convpipe.io import inputs
+    from convpipe.run import run
+
+    decoded: collections.Counter[tuple[int, ...]] = collections.Counter()
+    real = inputs.chunk_decoder
+
+    def counting(array: Any) -> Any:
+        files = real(array)
+        assert files is not None
+
+        def decode(index: tuple[int, ...]) -> Any:
+            decoded[index] += 1
+            return files.decode(index)
+
+        return files._replace(decode=decode)
+
+    monkeypatch.setattr(inputs, "chunk_decoder", counting)
+    chunk, block, grid = (16, 16, 16), (32, 16, 16), (3, 4, 2 * MIN_BAND)  # strips 5 deep
+    shape = tuple(g * b for g, b in zip(grid, block, strict=True))
+    layout = traversal.Layout(shape, chunk, block, (0, 1, 2), 2)
+    need = layout.whole_bytes(MIN_BAND)
+    monkeypatch.setattr(traversal, "MAX_CACHE_BYTES", need + need // 3)
+    data = np.random.default_rng(9).integers(0, 60000, shape, dtype=np.uint16)
+    zarr.create_array(tmp_path / "in.zarr", shape=shape, chunks=chunk, dtype="u2")[...] = data
+    chain = [{"filter": "gaussian", "sigma": 1.0}, {"filter": "sobel"}]
+    document = {"input": {"path": str(tmp_path / "in.zarr"), "chunks": list(block)}, "pipeline": chain}
+    run(from_dict({**document, "output": {"path": str(tmp_path / "out.zarr")}}), scheduler_name="threads", workers=2)
+    chunks = math.prod(-(-n // c) for n, c in zip(shape, chunk, strict=True))
+    edge = {index for index in decoded if index[2] % (MIN_BAND * block[2] // chunk[2]) == 0 and index[2]}
+    twice = {index for index, count in decoded.items() if count > 1}
+    assert len(decoded) == chunks and max(decoded.values()) <= 2, decoded.most_common(4)
+    assert twice <= edge, sorted(twice - edge)
+    out = zarr.open_array(tmp_path / "out.zarr", mode="r")[...]
+    monkeypatch.setattr(traversal, "MAX_CACHE_BYTES", 0)  # no cache, row-major: the reference run
+    run(from_dict({**document, "output": {"path": str(tmp_path / "ref.zarr")}}), scheduler_name="sync")
+    np.testing.assert_array_equal(out, zarr.open_array(tmp_path / "ref.zarr", mode="r")[...])

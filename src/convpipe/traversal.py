@@ -7,8 +7,8 @@ only as the strips along its faces (``io/cache.py``). In row-major order that me
 chunks across the whole image. So a 2-D image runs in bands across its last axis (x), each
 band row by row, at most ``MAX_BAND`` blocks wide: the cache is then the same for every
 image at least that wide, and a chunk is decoded twice only along a band's edge. Volumes
-keep one and a half slabs of chunks across z instead, and run slab by slab (README,
-"Performance").
+run in bands too, each band layer by layer, as wide as the cache's cap allows: a chunk slab
+across the band's whole height is held (README, "Performance").
 """
 
 from __future__ import annotations
@@ -64,12 +64,24 @@ class Layout:
         self.chunk_bytes = math.prod(min(c, n) for c, n in zip(chunks, shape, strict=True)) * itemsize
 
     def whole_bytes(self, band: int) -> int:
-        """The whole chunks alive at once in a band ``band`` blocks wide: across the band and
-        one beyond each side, the first chunk row of the next row of blocks (decoded by the
-        halos of this row) or of this row (not yet run); the chunk column right of a block
-        (decoded by its halo, run next), twice for the block running beside it."""
-        y, x = (self.per_block[d] for d in self.spatial[-2:])
-        return ((band + 2) * x + 2 * y) * self.chunk_bytes
+        """The whole chunks alive at once in a band ``band`` blocks wide.
+
+        2-D: across the band and one beyond each side, the first chunk row of the next row of
+        blocks (decoded by the halos of this row) or of this row (not yet run); the chunk
+        column right of a block (decoded by its halo, run next), twice for the block running
+        beside it. 3-D: the same, with the first chunk slab of the next layer of blocks
+        across the band's whole height in place of the row, the next row's chunks as deep as
+        a block, and the column beyond the band's edge.
+        """
+        across = (band + 2) * self.per_block[self.spatial[-1]]
+        y = self.per_block[self.spatial[-2]]
+        if len(self.spatial) == 2:
+            return (across + 2 * y) * self.chunk_bytes
+        z = self.per_block[self.spatial[-3]]
+        rows = self.grid[self.spatial[-2]] * y + 2
+        # and the chunks just beyond the band's right edge, decoded by its halos, run in the
+        # next band: a column of them as deep as a layer
+        return (across * rows + z * across + 2 * z * y + z * rows) * self.chunk_bytes
 
 
 def _whole(cache_bytes: int) -> int:
@@ -82,9 +94,16 @@ def default_cache(layout: Layout, shape: Sequence[int], chunks: Sequence[int], i
 
     2-D: the whole chunks of a band as wide as the image, up to ``MAX_BAND`` blocks and
     ``BAND_CACHE_BYTES`` (none when that leaves a band narrower than ``MIN_BAND`` blocks, or
-    when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes: one
-    and a half slabs of chunks across z (``remote_cache``).
+    when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes: the
+    whole chunks of the widest band within ``MAX_CACHE_BYTES``, else (a band narrower than
+    ``MIN_BAND`` blocks) one and a half slabs of chunks across z (``remote_cache``).
     """
+    if len(layout.spatial) == 3 and not streamed and tuple(chunks) != tuple(shape):
+        across = layout.grid[layout.spatial[-1]]
+        for band in range(across, min(across, MIN_BAND) - 1, -1):
+            need = layout.whole_bytes(band)
+            if need + need // 3 <= MAX_CACHE_BYTES:
+                return need + need // 3  # and a quarter of the total for strips
     if len(layout.spatial) >= 3:
         return remote_cache(shape, chunks, layout.spatial, itemsize)
     if streamed or len(layout.spatial) < 2 or tuple(chunks) == tuple(shape):
@@ -112,13 +131,15 @@ def remote_cache(shape: Sequence[int], chunks: Sequence[int], spatial: Sequence[
 
 
 def band_width(layout: Layout, cache_bytes: int) -> int:
-    """Blocks per band across x: the widest band whose whole chunks the cache holds (the
-    whole image without a cache, in 3-D, or when even ``MIN_BAND`` blocks do not fit)."""
+    """Blocks per band across x: the widest band whose whole chunks the cache holds (at most
+    ``MAX_BAND`` in 2-D; the whole image without a cache, or when even ``MIN_BAND`` blocks do
+    not fit)."""
     across = layout.grid[layout.spatial[-1]] if layout.spatial else 1
-    if cache_bytes <= 0 or len(layout.spatial) != 2:
+    if cache_bytes <= 0 or len(layout.spatial) not in (2, 3):
         return across
     whole = _whole(cache_bytes)
-    for band in range(min(across, MAX_BAND), MIN_BAND - 1, -1):
+    widest = min(across, MAX_BAND) if len(layout.spatial) == 2 else across
+    for band in range(widest, MIN_BAND - 1, -1):
         if layout.whole_bytes(band) <= whole:
             return band
     return across

@@ -193,8 +193,16 @@ class ArrayReader:
             )
             held = None
             if all(b.start <= s and e <= b.stop for b, s, e in zip(box, starts, stops, strict=True)):
-                # The block holds this chunk entirely: neighbours read it across the block's border.
-                held = [(s == lo, e == hi) for s, e, lo, hi in zip(starts, stops, held_starts, held_stops, strict=True)]
+                # The block holds this chunk entirely: neighbours read it across the block's
+                # border. Those still to run read its high faces and, along the last axis, its
+                # low face: blocks run in an order where a neighbour at no higher index along
+                # any axis has run before (row-major, bands across x, Z order: ``traversal``),
+                # but the block before this one along x may be running beside it.
+                last = len(box) - 1
+                held = [
+                    (d == last and s == lo, e == hi)
+                    for d, (s, e, lo, hi) in enumerate(zip(starts, stops, held_starts, held_stops, strict=True))
+                ]
             pieces.append(_Piece(index, need, target, held))
         if files is None:
             self._read_pieces_at_once(cache, pieces, out)
