@@ -82,19 +82,16 @@ def test_no_whole_chunk_cache_where_it_would_not_pay() -> None:
     assert huge_chunks.block_order() == list(np.ndindex(*grid))
 
 
-def test_volumes_run_in_bands_within_the_cache_cap_else_row_major_with_a_slab_cache() -> None:
-    """The benchmark's volume (256×2048² in 32×256² chunks, blocks two chunks deep) runs in
-    bands as wide as MAX_CACHE_BYTES allows; one whose band could not be MIN_BAND blocks wide
-    keeps 1.5 chunk slabs (at most the cap) and runs row-major."""
+def test_volumes_keep_one_and_a_half_slabs_and_run_row_major_when_a_band_would_not_fit() -> None:
+    """The benchmark's volume (256×2048² in 32×256² chunks, blocks two chunks deep): its
+    cache of 1.5 chunk slabs does not hold even a band of MIN_BAND blocks' next slab with the
+    rest, so it runs row-major, as a volume too large for the cap does."""
     config = from_dict({"input": {"path": "in.zarr"}, "output": {"path": "out.zarr"}, "pipeline": EDGES[:1]})
-    volume = bind(config, (256, 2048, 2048), np.dtype("uint16"), (32, 256, 256))
-    band = traversal.band_width(volume.chunk_layout, volume.cache_bytes)
-    assert MIN_BAND <= band < 8 and volume.cache_bytes <= traversal.MAX_CACHE_BYTES
-    assert volume.block_order()[: band + 1] == [(0, 0, x) for x in range(band)] + [(0, 1, 0)]
-    wide = bind(config, (256, 8192, 8192), np.dtype("uint16"), (32, 256, 256))
-    assert wide.cache_bytes == traversal.MAX_CACHE_BYTES
-    grid = tuple(len(c) for c in wide.chunks)
-    assert wide.block_order() == list(np.ndindex(*grid))
+    for shape in ((256, 2048, 2048), (256, 8192, 8192)):
+        volume = bind(config, shape, np.dtype("uint16"), (32, 256, 256))
+        assert volume.cache_bytes == min(traversal.MAX_CACHE_BYTES, int(1.5 * 32 * shape[1] * shape[2] * 2))
+        grid = tuple(len(c) for c in volume.chunks)
+        assert volume.block_order() == list(np.ndindex(*grid))
 
 
 @pytest.mark.parametrize("cap", [BAND_CACHE_BYTES, None])
@@ -147,9 +144,10 @@ def test_a_volume_runs_in_bands_and_decodes_each_chunk_about_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A volume whose blocks are two chunks deep: its halo reads the first chunk slab of the
-    next layer of blocks, which must stay whole until that layer runs. With a cap that leaves
-    room for bands of MIN_BAND blocks only, just the chunks along a band's edge are decoded
-    twice; the output equals a run without a cache."""
+    next layer of blocks, which must stay whole until that layer runs. Where the cache (here
+    a cap below 1.5 slabs) holds that slab for a band of MIN_BAND blocks only, blocks run in
+    such bands and just the chunks along a band's edge are decoded twice; the output equals
+    a run without a cache."""
     from convpipe.io import inputs
     from convpipe.run import run
 
@@ -167,7 +165,7 @@ def test_a_volume_runs_in_bands_and_decodes_each_chunk_about_once(
         return files._replace(decode=decode)
 
     monkeypatch.setattr(inputs, "chunk_decoder", counting)
-    chunk, block, grid = (16, 16, 16), (32, 16, 16), (3, 4, 2 * MIN_BAND)  # strips 5 deep
+    chunk, block, grid = (16, 16, 16), (32, 16, 16), (3, 4, 4 * MIN_BAND)  # strips 5 deep
     shape = tuple(g * b for g, b in zip(grid, block, strict=True))
     layout = traversal.Layout(shape, chunk, block, (0, 1, 2), 2)
     need = layout.whole_bytes(MIN_BAND)

@@ -7,8 +7,8 @@ only as the strips along its faces (``io/cache.py``). In row-major order that me
 chunks across the whole image. So a 2-D image runs in bands across its last axis (x), each
 band row by row, at most ``MAX_BAND`` blocks wide: the cache is then the same for every
 image at least that wide, and a chunk is decoded twice only along a band's edge. Volumes
-run in bands too, each band layer by layer, as wide as the cache's cap allows: a chunk slab
-across the band's whole height is held (README, "Performance").
+keep one and a half chunk slabs, and run in bands too (each layer by layer) when that holds a
+band's next slab but not the whole plane's (README, "Performance").
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class Layout:
     ) -> None:
         self.spatial = tuple(spatial)
         self.grid = tuple(-(-n // b) for n, b in zip(shape, block, strict=True))
-        # Chunks a block spans along y and x (a block need not start on a chunk boundary).
+        # Chunks a block spans along each axis (a block need not start on a chunk boundary).
         self.per_block = tuple(-(-b // c) + (b % c != 0) for b, c in zip(block, chunks, strict=True))
         self.chunk_bytes = math.prod(min(c, n) for c, n in zip(chunks, shape, strict=True)) * itemsize
 
@@ -94,16 +94,10 @@ def default_cache(layout: Layout, shape: Sequence[int], chunks: Sequence[int], i
 
     2-D: the whole chunks of a band as wide as the image, up to ``MAX_BAND`` blocks and
     ``BAND_CACHE_BYTES`` (none when that leaves a band narrower than ``MIN_BAND`` blocks, or
-    when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes: the
-    whole chunks of the widest band within ``MAX_CACHE_BYTES``, else (a band narrower than
-    ``MIN_BAND`` blocks) one and a half slabs of chunks across z (``remote_cache``).
+    when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes: one
+    and a half slabs of chunks across z, at most ``MAX_CACHE_BYTES`` (``remote_cache``); they
+    run in bands where that holds a band's chunks and not the whole plane's (``band_width``).
     """
-    if len(layout.spatial) == 3 and not streamed and tuple(chunks) != tuple(shape):
-        across = layout.grid[layout.spatial[-1]]
-        for band in range(across, min(across, MIN_BAND) - 1, -1):
-            need = layout.whole_bytes(band)
-            if need + need // 3 <= MAX_CACHE_BYTES:
-                return need + need // 3  # and a quarter of the total for strips
     if len(layout.spatial) >= 3:
         return remote_cache(shape, chunks, layout.spatial, itemsize)
     if streamed or len(layout.spatial) < 2 or tuple(chunks) == tuple(shape):
@@ -133,7 +127,7 @@ def remote_cache(shape: Sequence[int], chunks: Sequence[int], spatial: Sequence[
 def band_width(layout: Layout, cache_bytes: int) -> int:
     """Blocks per band across x: the widest band whose whole chunks the cache holds (at most
     ``MAX_BAND`` in 2-D; the whole image without a cache, or when even ``MIN_BAND`` blocks do
-    not fit)."""
+    not fit, or when the whole width does: row-major)."""
     across = layout.grid[layout.spatial[-1]] if layout.spatial else 1
     if cache_bytes <= 0 or len(layout.spatial) not in (2, 3):
         return across

@@ -162,8 +162,8 @@ class ChunkCache:
     ) -> None:
         """Store a chunk this thread decoded: whole if a block will still need all of it (else
         its strips on every face, for its other neighbours), as strips if the block holding it
-        entirely has read it (``held``: which of its faces, low and high per axis, lie on that
-        block's border, where neighbours read)."""
+        entirely has read it (``held``: which of its faces, low and high per axis, neighbours
+        still to run will read: on that block's border, facing blocks later in the order)."""
         with self.lock:
             if chunk is not None:
                 if self.signatures.get(key) != signature:
