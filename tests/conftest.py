@@ -1,15 +1,17 @@
 """Fixtures shared by the test files (tests/ is on sys.path, as for ``from cli_tools import ...``)."""
 
+import collections
 import contextlib
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from png_tools import drawn
 from s3server import s3_env, s3_server
 
-__all__ = ["drawn", "s3_env", "s3_server", "small_disk"]
+__all__ = ["decoded", "drawn", "s3_env", "s3_server", "small_disk"]
 
 
 @contextlib.contextmanager
@@ -33,3 +35,25 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     with tmpfs(mount, "size=160k"):
         yield mount
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> collections.Counter[tuple[int, ...]]:
+    """How many times each chunk of a local Zarr input is decoded from its file, from now on."""
+    from convpipe.io import inputs
+
+    counts: collections.Counter[tuple[int, ...]] = collections.Counter()
+    real = inputs.chunk_decoder
+
+    def counting(array: Any) -> Any:
+        files = real(array)
+        assert files is not None  # a plain local Zarr: decoded from its files
+
+        def decode(index: tuple[int, ...]) -> Any:
+            counts[index] += 1
+            return files.decode(index)
+
+        return files._replace(decode=decode)
+
+    monkeypatch.setattr(inputs, "chunk_decoder", counting)
+    return counts

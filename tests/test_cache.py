@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 from pathlib import Path
 from typing import Any
@@ -343,32 +344,16 @@ def test_a_read_that_fails_while_claiming_leaves_no_claim_pending() -> None:
 
 
 def test_blocks_the_size_of_chunks_decode_each_chunk_at_most_twice_without_a_chunk_cache(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, decoded: collections.Counter[tuple[int, ...]]
 ) -> None:
     """Blocks of one chunk each (a local Zarr stored in 2048² chunks) read a halo from all
     eight neighbours. Without a whole-chunk budget (2-D's default), a chunk decoded for a halo
     before its owner ran leaves its strips on every face, so its other neighbours do not
     decode it again: once for the first neighbour, once for its owner, never a third time."""
-    import collections
-
     import zarr
 
     from convpipe.io import inputs
 
-    decoded: collections.Counter[tuple[int, ...]] = collections.Counter()
-    real = inputs.chunk_decoder
-
-    def counting(array: Any) -> Any:
-        files = real(array)
-        assert files is not None  # a plain local Zarr: decoded from its files
-
-        def decode(index: tuple[int, ...]) -> Any:
-            decoded[index] += 1
-            return files.decode(index)
-
-        return files._replace(decode=decode)
-
-    monkeypatch.setattr(inputs, "chunk_decoder", counting)
     data = np.random.default_rng(5).integers(0, 60000, (200, 240), dtype=np.uint16)
     zarr.create_array(tmp_path / "in.zarr", shape=data.shape, chunks=(40, 40), dtype="u2")[...] = data
     reader = inputs.ArrayReader(zarr.open_array(tmp_path / "in.zarr", mode="r"), "in.zarr", None, 0)

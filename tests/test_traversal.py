@@ -96,29 +96,14 @@ def test_volumes_keep_one_and_a_half_slabs_and_run_row_major_when_a_band_would_n
 
 @pytest.mark.parametrize("cap", [BAND_CACHE_BYTES, None])
 def test_a_run_decodes_each_chunk_once_except_along_band_edges(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int | None
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoded: collections.Counter[tuple[int, ...]], cap: int | None
 ) -> None:
     """Through the real run (threads): blocks the size of the storage chunks, so every halo
     reads all eight neighbours. Only the chunks along a band's right edge may be decoded
     twice: bands of MAX_BAND blocks, or of MIN_BAND with a cache cap that leaves room for no
     more. The output is the same as a run without a cache, in row-major order."""
-    from convpipe.io import inputs
     from convpipe.run import run
 
-    decoded: collections.Counter[tuple[int, ...]] = collections.Counter()
-    real = inputs.chunk_decoder
-
-    def counting(array: Any) -> Any:
-        files = real(array)
-        assert files is not None
-
-        def decode(index: tuple[int, ...]) -> Any:
-            decoded[index] += 1
-            return files.decode(index)
-
-        return files._replace(decode=decode)
-
-    monkeypatch.setattr(inputs, "chunk_decoder", counting)
     chunk, rows, columns = 64, 6, 3 * MIN_BAND
     if cap is not None:  # room for bands of MIN_BAND blocks exactly
         layout = traversal.Layout((rows * chunk, columns * chunk), (chunk,) * 2, (chunk,) * 2, (0, 1), 2)
@@ -141,30 +126,15 @@ def test_a_run_decodes_each_chunk_once_except_along_band_edges(
 
 
 def test_a_volume_runs_in_bands_and_decodes_each_chunk_about_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoded: collections.Counter[tuple[int, ...]]
 ) -> None:
     """A volume whose blocks are two chunks deep: its halo reads the first chunk slab of the
     next layer of blocks, which must stay whole until that layer runs. Where the cache (here
     a cap below 1.5 slabs) holds that slab for a band of MIN_BAND blocks only, blocks run in
     such bands and just the chunks along a band's edge are decoded twice; the output equals
     a run without a cache."""
-    from convpipe.io import inputs
     from convpipe.run import run
 
-    decoded: collections.Counter[tuple[int, ...]] = collections.Counter()
-    real = inputs.chunk_decoder
-
-    def counting(array: Any) -> Any:
-        files = real(array)
-        assert files is not None
-
-        def decode(index: tuple[int, ...]) -> Any:
-            decoded[index] += 1
-            return files.decode(index)
-
-        return files._replace(decode=decode)
-
-    monkeypatch.setattr(inputs, "chunk_decoder", counting)
     chunk, block, grid = (16, 16, 16), (32, 16, 16), (3, 4, 4 * MIN_BAND)  # strips 5 deep
     shape = tuple(g * b for g, b in zip(grid, block, strict=True))
     layout = traversal.Layout(shape, chunk, block, (0, 1, 2), 2)
