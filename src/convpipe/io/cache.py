@@ -7,9 +7,9 @@ again for every block that touches it (up to 3**ndim times for a corner chunk).
 What it keeps: whole decoded chunks until the block holding a chunk entirely has read it,
 then only the strips along that chunk's faces, as deep as the halo, which is all its
 neighbours still need. Whole chunks stay within the plan's ``cache_bytes`` (less a quarter
-for strips); strips within their own budget (that quarter, and at least ``STRIP_BYTES``: small
-chunks have many strips for their size). Least recently used entries are evicted first, and an entry is dropped when its
-chunk file's signature (inode, size, mtime) changes.
+for strips); strips within their own budget (that quarter, and at least ``STRIP_BYTES``:
+small chunks have many strips for their size). Least recently used entries are evicted
+first, and an entry is dropped when its chunk file's signature (inode, size, mtime) changes.
 """
 
 from __future__ import annotations
