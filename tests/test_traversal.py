@@ -4,6 +4,7 @@ decoded about once, and memory that does not follow the image's width."""
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,30 @@ def test_every_block_once_band_by_band_each_band_row_major(grid: list[int], band
         for index in order
     ]
     assert key == sorted(key)
+    assert_lower_neighbours_first(order, spatial)
+
+
+def assert_lower_neighbours_first(order: list[tuple[int, ...]], spatial: tuple[int, ...]) -> None:
+    """What the chunk cache counts on (io/inputs.py keeps an owned chunk's low faces only
+    along x): a neighbour at no higher index along any axis has run before."""
+    position = {index: n for n, index in enumerate(order)}
+    for index, n in position.items():
+        for offset in itertools.product((-1, 0), repeat=len(spatial)):
+            earlier = list(index)
+            for d, step in zip(spatial, offset, strict=True):
+                earlier[d] += step
+            if any(offset) and all(i >= 0 for i in earlier):
+                assert position[tuple(earlier)] < n, (index, tuple(earlier))
+
+
+@given(grid=st.lists(st.integers(1, 9), min_size=2, max_size=3))
+def test_the_tiff_writers_orders_run_lower_neighbours_first(grid: list[int]) -> None:
+    """A COG takes blocks in Z order, a GeoTIFF row by row: the cache's rule holds for both."""
+    from convpipe.io.cog_output import z_order
+
+    spatial = (len(grid) - 2, len(grid) - 1)
+    assert_lower_neighbours_first(z_order(grid), spatial)
+    assert_lower_neighbours_first(list(np.ndindex(*grid)), spatial)
 
 
 def test_bands_are_at_most_max_band_blocks_wide_and_memory_does_not_follow_the_width() -> None:
