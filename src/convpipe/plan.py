@@ -106,9 +106,7 @@ class Plan:
     def __post_init__(self) -> None:
         if self.cache_bytes < 0:
             streamed = self.storage.format in TIFF_FORMATS
-            cache = traversal.default_cache(
-                self.chunk_layout, self.input_shape, self.input_chunks, self.input_dtype.itemsize, streamed
-            )
+            cache = traversal.default_cache(self.chunk_layout, streamed)
             object.__setattr__(self, "cache_bytes", cache)
 
     @property

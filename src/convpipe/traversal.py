@@ -57,6 +57,7 @@ class Layout:
         spatial: Sequence[int],
         itemsize: int,
     ) -> None:
+        self.shape, self.chunks, self.itemsize = tuple(shape), tuple(chunks), itemsize
         self.spatial = tuple(spatial)
         self.grid = tuple(-(-n // b) for n, b in zip(shape, block, strict=True))
         # Chunks a block spans along each axis (a block need not start on a chunk boundary).
@@ -89,7 +90,7 @@ def _whole(cache_bytes: int) -> int:
     return cache_bytes - cache_bytes // 4
 
 
-def default_cache(layout: Layout, shape: Sequence[int], chunks: Sequence[int], itemsize: int, streamed: bool) -> int:
+def default_cache(layout: Layout, streamed: bool) -> int:
     """Room for the decoded input chunks that neighbouring blocks' halos share.
 
     2-D: the whole chunks of a band as wide as the image, up to ``MAX_BAND`` blocks and
@@ -99,8 +100,8 @@ def default_cache(layout: Layout, shape: Sequence[int], chunks: Sequence[int], i
     run in bands where that holds a band's chunks and not the whole plane's (``band_width``).
     """
     if len(layout.spatial) >= 3:
-        return remote_cache(shape, chunks, layout.spatial, itemsize)
-    if streamed or len(layout.spatial) < 2 or tuple(chunks) == tuple(shape):
+        return remote_cache(layout.shape, layout.chunks, layout.spatial, layout.itemsize)
+    if streamed or len(layout.spatial) < 2 or layout.chunks == layout.shape:
         return 0
     across = min(layout.grid[layout.spatial[-1]], MAX_BAND)
     if layout.grid[layout.spatial[-2]] < 2:  # one row of blocks: no halo reaches a later row
