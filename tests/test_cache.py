@@ -40,17 +40,19 @@ def test_default_budgets() -> None:
     assert (cache.whole.limit, cache.strips.limit) == (1000, 10)
 
 
-def test_lru_eviction_order() -> None:
+def test_the_first_kept_is_evicted_first_whatever_was_read_since() -> None:
+    """Reads do not refresh an entry: the blocks that need the chunks kept whole run in the
+    order the chunks were decoded (io/cache.py)."""
     cache = ChunkCache(300, strip_limit=0)
     for i in range(3):
         cache.put((i,), chunk(i))  # 100 bytes each: full
-    assert cache.get((0,)) is not None  # 0 is now the most recently used
+    assert cache.get((0,)) is not None  # read again: still the first kept
     cache.put((3,), chunk(3))
-    assert cache.get((1,)) is None  # the least recently used went
-    assert all(cache.get((i,)) is not None for i in (0, 2, 3))
-    cache.put((4,), chunk(4))
     assert cache.get((0,)) is None
-    assert list(cache.whole.entries) == [(2,), (3,), (4,)]
+    assert all(cache.get((i,)) is not None for i in (1, 2, 3))
+    cache.put((1,), chunk(1))  # kept again: now the last
+    cache.put((4,), chunk(4))
+    assert list(cache.whole.entries) == [(3,), (1,), (4,)]
     check_bounds(cache)
 
 

@@ -8,8 +8,14 @@ What it keeps: whole decoded chunks until the block holding a chunk entirely has
 then only the strips along that chunk's faces, as deep as the halo, which is all its
 neighbours still need. Whole chunks stay within the plan's ``cache_bytes`` (less a quarter
 for strips); strips within their own budget (that quarter, and at least ``STRIP_BYTES``:
-small chunks have many strips for their size). Least recently used entries are evicted
-first, and an entry is dropped when its chunk file's signature (inode, size, mtime) changes.
+small chunks have many strips for their size). The entries kept longest are evicted first
+(below), and an entry is dropped when its chunk file's signature (inode, size, mtime) changes.
+
+Why first kept, first evicted, and not least recently used: blocks run in bands, row by row
+(``traversal``), so the blocks that need the chunks kept whole run in the order the chunks
+were decoded. Reads by halos say nothing about that, and refreshing entries on them let the
+last block of a row (which reads the chunks beyond the band's edge, run in the next band)
+push out, with two threads, a chunk the next row still needed.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ __all__ = ["STRIP_BYTES", "ChunkCache"]
 
 
 class _Budget:
-    """Entries (anything with ``nbytes``) kept within ``limit`` bytes, least recently used
-    evicted first; the size is kept in step with every put and pop."""
+    """Entries (anything with ``nbytes``) kept within ``limit`` bytes, the first kept evicted
+    first; the size is kept in step with every put and pop."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
@@ -38,10 +44,7 @@ class _Budget:
         return key in self.entries
 
     def get(self, key: tuple[int, ...]) -> Any:
-        value = self.entries.get(key)
-        if value is not None:
-            self.entries.move_to_end(key)
-        return value
+        return self.entries.get(key)
 
     def pop(self, key: tuple[int, ...]) -> Any:
         value = self.entries.pop(key, None)
@@ -67,7 +70,7 @@ class _Budget:
 class ChunkCache:
     """Decoded storage chunks that neighbouring blocks' halos share: bounded, thread-safe.
 
-    Two kinds of entries, least recently used evicted first, each kind within its own budget:
+    Two kinds of entries, the first kept evicted first, each kind within its own budget:
 
     - whole chunks (``limit`` bytes; the plan's cache, 0: none): a chunk decoded for a halo
       before the block that holds it entirely has run, which will need all of it;
