@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -98,3 +99,33 @@ def test_free_memory_the_next_blocks_need_is_kept(case: str) -> None:
         """
     )
     assert float(out) < 4, f"{float(out):.0f} MiB went back"
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_run_keeps_the_working_memory_of_the_blocks_it_computes_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """Blocks computed side by side may all end together: the memory kept between blocks is
+    that of as many blocks as the scheduler runs at once, so none is faulted in afresh."""
+    import numpy as np
+    import zarr
+
+    from convpipe import engine
+    from convpipe.config import from_dict
+    from convpipe.run import make_plan, run
+
+    zarr.create_array(tmp_path / "in.zarr", shape=(256, 256), chunks=(64, 64), dtype="u2")[...] = np.arange(
+        256 * 256, dtype=np.uint16
+    ).reshape(256, 256)
+    config = from_dict(
+        {
+            "input": {"path": str(tmp_path / "in.zarr"), "chunks": [64, 64]},
+            "output": {"path": str(tmp_path / "out.zarr")},
+            "pipeline": [{"filter": "gaussian", "sigma": 2}, {"filter": "sobel"}],
+        }
+    )
+    slacks: list[int] = []
+    monkeypatch.setattr(engine, "release_free_memory", lambda slack=0: slacks.append(slack))
+    run(config, scheduler_name="threads", workers=workers)
+    per_block = make_plan(config).memory_per_block()
+    assert len(slacks) == 16 and set(slacks) == {workers * per_block}, (slacks[:3], per_block)

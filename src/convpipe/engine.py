@@ -98,8 +98,9 @@ class ChainJob:
         return out
 
 
-def chain_job(plan: Plan, source: Source) -> ChainJob:
-    """The whole chain's job: every step, to the output dtype."""
+def chain_job(plan: Plan, source: Source, blocks_at_once: int = 1) -> ChainJob:
+    """The whole chain's job: every step, to the output dtype (``blocks_at_once``: how many
+    blocks the scheduler computes at the same time)."""
     return ChainJob(
         plan.steps,
         source,
@@ -109,17 +110,19 @@ def chain_job(plan: Plan, source: Source) -> ChainJob:
         plan.masked,
         plan.nodata,
         plan.output_nodata,
-        trim_slack(plan, source),
+        trim_slack(plan, source, blocks_at_once),
     )
 
 
-def trim_slack(plan: Plan, source: Source) -> int:
-    """What ``release_free_memory`` may leave to the allocator after a block: one block's
-    working memory, which the next block on that thread allocates again at once; with a chunk
-    cache, a quarter of the cache if that is more (the process holds that much anyway). Peak
-    RSS stays that of the blocks in flight: the slack is kept only between them."""
+def trim_slack(plan: Plan, source: Source, blocks_at_once: int = 1) -> int:
+    """What ``release_free_memory`` may leave to the allocator after a block: the working
+    memory of the blocks computed at once, which may all end together and which the next
+    blocks allocate again at once; with a chunk cache, a quarter of the cache if that is more
+    (the process holds that much anyway). A process never holds more free memory than it once
+    had in use, so the peak RSS stays that of the blocks in flight (with a process per block,
+    the slack only loosens the bound on drift)."""
     cache = source.cache_bytes if isinstance(source, InputSpec) else 0
-    return max(plan.memory_per_block(), cache // 4)
+    return max(max(1, blocks_at_once) * plan.memory_per_block(), cache // 4)
 
 
 def _block_range(job: ChainJob, index: tuple[int, ...], value_ranges: list[Any]) -> ValueRange:
@@ -136,9 +139,10 @@ def _combine_ranges(*ranges: ValueRange) -> ValueRange:
 class GraphBuilder:
     """Accumulates the tasks of one run: range passes first, then the blocks."""
 
-    def __init__(self, plan: Plan, source: Source) -> None:
+    def __init__(self, plan: Plan, source: Source, blocks_at_once: int = 1) -> None:
         self.plan = plan
         self.source = source
+        self.blocks_at_once = blocks_at_once
         self.token = uuid.uuid4().hex[:12]
         self.tasks: dict[Any, Any] = {}
         self.value_ranges: list[Any] = [None] * len(plan.steps)
@@ -160,7 +164,7 @@ class GraphBuilder:
         return key
 
     def job(self) -> ChainJob:
-        return chain_job(self.plan, self.source)
+        return chain_job(self.plan, self.source, self.blocks_at_once)
 
     def block_tasks(
         self,
@@ -282,14 +286,17 @@ def write_graph(
     write: Callable[..., Any],
     target: Any,
     indices: Iterable[tuple[int, ...]] | None = None,
+    blocks_at_once: int = 1,
 ) -> Delayed:
     """A Delayed that computes blocks and hands each to ``write(target, index, bounds, data)``.
 
     Computing and writing happen in the same task, so block data never travels between
     workers; the final task only counts the blocks written. ``indices``: the blocks, in the
     order they are to run (``Plan.block_order``, less what a resumed run has); default all.
+    ``blocks_at_once``: how many the scheduler computes at the same time (the memory kept
+    between blocks, ``trim_slack``).
     """
-    builder = GraphBuilder(plan, source)
+    builder = GraphBuilder(plan, source, blocks_at_once)
     indices = plan.block_order() if indices is None else indices
     keys = builder.block_tasks("convpipe-write", _compute_and_write, write, target, indices=indices, in_order=True)
     final = f"convpipe-done-{builder.token}"

@@ -370,7 +370,7 @@ def _write_blocks(target: BlockOutput, job: _Job, *, keep: bool) -> tuple[int, i
     todo = [i for i in plan.block_order() if i not in done]
     handle = target.writer(job.lease.key)
     graph_start = time.perf_counter()
-    graph = write_graph(plan, input_spec(config, plan), target.write_block, handle, todo)
+    graph = write_graph(plan, input_spec(config, plan), target.write_block, handle, todo, job.slots)
     graph_seconds = time.perf_counter() - graph_start
     with _progress(job.progress, target.location, plan, target.count_written):
         written = graph.compute(**job.options) if todo else 0
