@@ -427,15 +427,18 @@ def test_sigterm_leaves_a_resumable_output_and_releases_the_lease(
 
 @pytest.mark.slow
 def test_a_requeued_job_on_another_host_takes_over_after_the_lease(
-    tmp_path: Path, image: Path, image_reference: dict[str, str], capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A run on node "other-node" (a UTS namespace) with --lock-lease 3. While it runs and
     renews its lease, a --resume here is refused (a pid proves nothing on another host). Once
-    it is SIGKILLed, --resume waits at most the lease, takes over, and finishes the same bytes."""
+    it is SIGKILLed, --resume waits at most the lease, takes over, and finishes the same bytes.
+    The run has 1024 blocks and one worker, so it outlasts the refused --resume by far (the
+    module's 256-block image once finished first)."""
     prefix = on_host("other-node")
-    config = write_config(tmp_path, image)
+    config = write_config(tmp_path, make_input(tmp_path / "in.zarr", (1024, 1024)))
+    expected = reference(config, capsys, tmp_path)
     out = tmp_path / "out.zarr"
-    process = start("run", config, "--quiet", "--lock-lease", 3, prefix=prefix)
+    process = start("run", config, "--quiet", "--lock-lease", 3, "--workers", 1, prefix=prefix)
     wait_for_blocks(out, 5, process)
     assert top_record(out)["host"] == "other-node"
 
@@ -454,7 +457,7 @@ def test_a_requeued_job_on_another_host_takes_over_after_the_lease(
     assert f"took over {out} from a run that stopped (pid {top_pid(err)} on other-node" in err
     assert time.monotonic() - begun < 3 + 30
     assert complete(out) and not lease_held(out)
-    assert data_digest(out) == image_reference
+    assert data_digest(out) == expected
 
 
 def top_pid(err: str) -> str:
