@@ -53,7 +53,7 @@ def test_buffers_freed_at_the_top_of_the_heap_stay_for_the_next_block(tuned: boo
     out = run_python(
         f"""
         if {tuned}:
-            memory.use_one_arena()
+            memory.tune_allocator()
         first = blocks(3)
         before = rss()
         del first
@@ -65,14 +65,14 @@ def test_buffers_freed_at_the_top_of_the_heap_stay_for_the_next_block(tuned: boo
         assert returned < 4, f"{returned:.0f} MiB went back to the system at free()"
     else:
         # The control: without the settings the same buffers do go (the test would otherwise
-        # pass whatever use_one_arena does).
+        # pass whatever tune_allocator does).
         assert returned > 64, f"only {returned:.0f} MiB of 72 MiB went back"
 
 
 def test_free_memory_beyond_what_is_in_use_goes_back() -> None:
     out = run_python(
         """
-        memory.use_one_arena()
+        memory.tune_allocator()
         kept = blocks(2)  # in use: 48 MiB
         spare = blocks(8)  # 192 MiB, freed below
         del spare
@@ -89,7 +89,7 @@ def test_free_memory_the_next_blocks_need_is_kept(case: str) -> None:
     slack, held, freed = (64, 1, 2) if case == "within the slack" else (16, 4, 2)
     out = run_python(
         f"""
-        memory.use_one_arena()
+        memory.tune_allocator()
         kept = blocks({held})
         spare = blocks({freed})
         del spare

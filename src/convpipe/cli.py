@@ -27,7 +27,7 @@ from convpipe import config as config_module
 from convpipe import report
 from convpipe._version import __version__
 from convpipe.errors import ConvpipeError
-from convpipe.memory import use_one_arena
+from convpipe.memory import tune_allocator
 from convpipe.plan import Plan
 from convpipe.run import LEASE_SECONDS, check_run, make_plan, run
 
@@ -413,7 +413,7 @@ def _announcing(enabled: bool) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line per error, and the documented exit status."""
-    use_one_arena()  # this process is ours: see convpipe.memory
+    tune_allocator()  # this process is ours: see convpipe.memory
     if argv is None:
         # What is alive now (the imported modules, mostly) lives as long as the command:
         # frozen, the collector stops rescanning it through the run (README, "Performance").

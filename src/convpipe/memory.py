@@ -2,9 +2,10 @@
 
 Every block allocates and frees a few buffers of about the block's size. glibc gives each
 allocating thread (Dask's workers, zarr's codec threads) an arena of its own and keeps freed
-memory in it, so peak RSS drifts up over a long run. One arena, trimmed after each block, keeps
-the peak at a few blocks' worth whatever the image size (README, "Performance"). Elsewhere
-than glibc these are no-ops.
+memory in it, so peak RSS drifts up over a long run. One arena, whose freed memory is kept for
+the next blocks and trimmed after a block only beyond what they need, keeps the peak at a few
+blocks' worth whatever the image size, without faulting the same memory in block after block
+(README, "Performance"). Elsewhere than glibc these are no-ops.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _libc() -> Any:
     return libc
 
 
-def use_one_arena() -> None:
+def tune_allocator() -> None:
     """One malloc arena for the whole process, whose freed memory is kept for the next block:
     for the convpipe command, before threads start.
 
