@@ -413,8 +413,8 @@ def _announcing(enabled: bool) -> Iterator[None]:
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one readable line per error, and the documented exit status."""
-    tune_allocator()  # this process is ours: see convpipe.memory
-    if argv is None:
+    if argv is None:  # the command's own process, not a caller's (a test, a notebook)
+        tune_allocator()  # see convpipe.memory
         # What is alive now (the imported modules, mostly) lives as long as the command:
         # frozen, the collector stops rescanning it through the run (README, "Performance").
         gc.freeze()
