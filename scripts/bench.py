@@ -35,7 +35,14 @@ largest sum of RSS over the process and its children, polled every 20 ms; wall t
 ``perf_counter`` around start → exit, Python start-up and imports included. Runs alternate
 (each repeat runs every tool once), so drift in the machine hits all tools alike; the input
 files are read once beforehand so every tool starts from a warm page cache. Output is written
-to the page cache and not synced, for every tool alike.
+to the page cache and not synced, for every tool alike. Before every run the bench waits
+``--settle`` seconds (default 3) after deleting the previous outputs: a virtual machine whose
+balloon reports free memory to its host (``/sys/module/page_reporting``) hands freed pages back
+about 2 s after they are freed, and writing into pages the host must supply again costs about
+ten times more kernel time than writing into recycled ones (880 MB with ``dd``: 2.4 s against
+0.2 s of system time). Without the wait, a run that starts right after another tool's output
+was deleted writes into that tool's recycled pages, and the order of the tools decides part of
+the result.
 
 Reading the table: ``wall`` is the median over repeats [min–max]; ``input MB/s`` is the input's
 uncompressed size over the median wall time; ``peak RSS`` is the median over repeats of each
@@ -689,6 +696,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--volume", type=int, nargs=3, default=(256, 2048, 2048), metavar=("Z", "Y", "X"), help="3-D input shape"
     )
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        metavar="S",
+        help="seconds to wait before each run, after deleting outputs, so every run starts from the same "
+        "free memory (default 3; see above)",
+    )
     ap.add_argument("--json", type=Path, default=OUT / "results.json", help="raw measurements (default %(default)s)")
     ap.add_argument(
         "--baseline",
@@ -795,6 +810,7 @@ def run_case(case: str, spec: dict[str, Any], args: argparse.Namespace, env: dic
                     **env,
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(args.baseline), env.get("PYTHONPATH")])),
                 }
+            time.sleep(args.settle)
             result = measure(command(tool, case, src, dst, config, spec["block"]), tool_env)
             result.update(case=case, tool=tool, rep=rep)
             runs.append(result)
@@ -835,7 +851,7 @@ def bench(args: argparse.Namespace) -> int:
     env = {**os.environ, "VIPS_CONCURRENCY": os.environ.get("VIPS_CONCURRENCY", str(os.cpu_count() or 1))}
     print(
         f"repeat {args.repeat}, tools {','.join(args.tools)}; 2-D input chunks {args.input_chunks}²; "
-        f"VIPS_CONCURRENCY={env['VIPS_CONCURRENCY']}\n"
+        f"VIPS_CONCURRENCY={env['VIPS_CONCURRENCY']}; {args.settle:g} s settle before each run\n"
     )
     results: dict[str, Any] = {}
     for case in args.cases:
@@ -857,6 +873,7 @@ def bench(args: argparse.Namespace) -> int:
             "cases": args.cases,
             "tools": args.tools,
             "repeat": args.repeat,
+            "settle_s": args.settle,
             "size": args.size,
             "volume": list(args.volume),
         },
@@ -870,7 +887,9 @@ def bench(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def scale(sizes: Sequence[float], output_format: str = "zarr", dtype: str = "float32", repeat: int = 1) -> int:
+def scale(
+    sizes: Sequence[float], output_format: str = "zarr", dtype: str = "float32", repeat: int = 1, settle: float = 0.0
+) -> int:
     """Peak memory, graph-building time and time per pixel as the image grows: the first two
     must not follow its size, the last must stay flat. Sizes alternate within each repeat, so
     drift in the machine hits every size alike; figures are medians over repeats."""
@@ -895,6 +914,7 @@ def scale(sizes: Sequence[float], output_format: str = "zarr", dtype: str = "flo
         for gib, side, src, dst, config in inputs:
             warm(src)
             remove(dst)
+            time.sleep(settle)
             cmd = [sys.executable, "-c", CONVPIPE_CLI, "run", str(config), "--overwrite"]
             result = measure(cmd, dict(os.environ))
             remove(dst)
@@ -935,7 +955,7 @@ def scale(sizes: Sequence[float], output_format: str = "zarr", dtype: str = "flo
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.scale is not None:
-        return scale(args.scale or [1.0, 4.0, 16.0], args.scale_format, args.scale_dtype, args.repeat)
+        return scale(args.scale or [1.0, 4.0, 16.0], args.scale_format, args.scale_dtype, args.repeat, args.settle)
     if args.run:
         tool, case = args.run
         WORKERS[tool](case, args.input, args.output, args.chunks)
