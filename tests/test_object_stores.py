@@ -378,10 +378,13 @@ for n, config in enumerate(configs):
 def racer_results(path: Path, count: int, process: subprocess.Popen[str], seconds: float = 60) -> list[Any]:
     deadline = time.monotonic() + seconds
     while True:
+        # Whether it ended, asked before the file is read: a racer that writes its last line
+        # and exits between the two is read in full, not taken for one that failed.
+        ended = process.poll() is not None
         lines = path.read_text().splitlines() if path.exists() else []
         if len(lines) >= count:
             return [json.loads(line) for line in lines]
-        assert process.poll() is None, process.communicate()
+        assert not ended, process.communicate()
         assert time.monotonic() < deadline, "a racer did not finish its run"
         time.sleep(0.01)
 
