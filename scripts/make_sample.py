@@ -129,9 +129,7 @@ def _bounds(center: np.ndarray, ext: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return lo, np.ceil(center + ext).astype(np.int64) + 1
 
 
-def _boxes(
-    rng: np.random.Generator, n: int, shape: np.ndarray, half: np.ndarray, amp: np.ndarray
-) -> Primitives:
+def _boxes(rng: np.random.Generator, n: int, shape: np.ndarray, half: np.ndarray, amp: np.ndarray) -> Primitives:
     """Rotated boxes; the bounding box is |R| @ half around the centre."""
     center = rng.uniform(0, 1, (n, shape.size)) * shape
     rot = _rotations(rng, n, shape.size)
@@ -164,8 +162,7 @@ def make_scene(shape: Sequence[int], seed: int) -> Scene:
     vig_center = rng.uniform(0.3, 0.7, ndim)
     vig_strength = 0.25
     ripples = [
-        (float(rng.uniform(150, 450)), rng.uniform(0.3, 2.5, ndim), rng.uniform(0, 2 * np.pi, ndim))
-        for _ in range(3)
+        (float(rng.uniform(150, 450)), rng.uniform(0.3, 2.5, ndim), rng.uniform(0, 2 * np.pi, ndim)) for _ in range(3)
     ]
 
     # Gaussian blobs, about half of them in clusters (colonies, star clusters).
@@ -195,9 +192,7 @@ def make_scene(shape: Sequence[int], seed: int) -> Scene:
     width = rng.uniform(1.5, 5.0, n_balls)
     is_ring = np.arange(n_balls) >= n_discs
     inner = np.where(is_ring, np.maximum(radius - width, 0.0), 0.0)
-    amp = np.where(
-        is_ring, rng.uniform(1500, 8000, n_balls), _signed(rng, 500, 3000, n_balls, 0.35)
-    )
+    amp = np.where(is_ring, rng.uniform(1500, 8000, n_balls), _signed(rng, 500, 3000, n_balls, 0.35))
     r = radius[:, None]
     balls = Primitives(center, amp, *_bounds(center, r), radius=radius, inner=inner)
 
@@ -237,10 +232,7 @@ def _region(p: Primitives, i: int, lo: np.ndarray, hi: np.ndarray) -> tuple[np.n
 
 def _axes(r_lo: np.ndarray, r_hi: np.ndarray, center: np.ndarray) -> list[np.ndarray]:
     """Per-axis pixel coordinates relative to `center`, shaped to broadcast (open mesh)."""
-    coords = [
-        np.arange(a, b, dtype=np.float32) - np.float32(c)
-        for a, b, c in zip(r_lo, r_hi, center, strict=True)
-    ]
+    coords = [np.arange(a, b, dtype=np.float32) - np.float32(c) for a, b, c in zip(r_lo, r_hi, center, strict=True)]
     return list(np.ix_(*coords))
 
 
@@ -344,9 +336,7 @@ def render_chunk(scene: Scene, lo: Sequence[int], hi: Sequence[int]) -> np.ndarr
     return img.astype(np.uint16)
 
 
-def _chunk_ranges(
-    shape: Sequence[int], chunks: Sequence[int]
-) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
+def _chunk_ranges(shape: Sequence[int], chunks: Sequence[int]) -> Iterator[tuple[tuple[int, ...], tuple[int, ...]]]:
     """(lo, hi) for every chunk of the grid, in C order."""
     grid = [range(0, n, c) for n, c in zip(shape, chunks, strict=True)]
     for lo in itertools.product(*grid):
@@ -367,9 +357,7 @@ def _attrs(path: str | os.PathLike[str]) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def is_complete(
-    path: str | os.PathLike[str], shape: Sequence[int], chunks: Sequence[int], seed: int
-) -> bool:
+def is_complete(path: str | os.PathLike[str], shape: Sequence[int], chunks: Sequence[int], seed: int) -> bool:
     """True if `path` holds a finished sample made with these parameters."""
     recorded = _attrs(path)
     made = _made_with(recorded, seed=seed, shape=list(shape), chunks=list(chunks), version=VERSION)
@@ -405,10 +393,7 @@ def make_sample(
     t0 = time.perf_counter()
     scene = make_scene(shape, seed)
     n_prims = len(scene.blobs.amp) + len(scene.balls.amp) + len(scene.boxes.amp)
-    say(
-        f"scene: {n_prims} primitives ({len(scene.blobs.amp)} blobs) "
-        f"in {time.perf_counter() - t0:.2f} s"
-    )
+    say(f"scene: {n_prims} primitives ({len(scene.blobs.amp)} blobs) in {time.perf_counter() - t0:.2f} s")
 
     meta = {
         "complete": False,
@@ -442,10 +427,7 @@ def make_sample(
             for done, fut in enumerate(as_completed(futures), start=1):
                 fut.result()
                 if done % step == 0 or done == total:
-                    say(
-                        f"{done}/{total} chunks ({100 * done // total}%) "
-                        f"{time.perf_counter() - t0:.1f} s"
-                    )
+                    say(f"{done}/{total} chunks ({100 * done // total}%) {time.perf_counter() - t0:.1f} s")
         except BaseException:
             for f in futures:
                 f.cancel()
@@ -530,9 +512,7 @@ def _sat_count(n_ref: int, shape: Sequence[int], minimum: int) -> int:
     return max(minimum, round(n_ref * math.prod(shape) / SAT_REF))
 
 
-def _rotated(
-    center: np.ndarray, angle: np.ndarray, half: np.ndarray, amp: np.ndarray
-) -> Primitives:
+def _rotated(center: np.ndarray, angle: np.ndarray, half: np.ndarray, amp: np.ndarray) -> Primitives:
     """2-D boxes at these angles: box axis 0 is (cos a, sin a) in (y, x)."""
     cos, sin = np.cos(angle), np.sin(angle)
     rot = np.stack([np.stack([cos, -sin], axis=1), np.stack([sin, cos], axis=1)], axis=1)
@@ -542,9 +522,7 @@ def _rotated(
 
 def _discs(center: np.ndarray, radius: np.ndarray) -> Primitives:
     amp = np.ones(len(radius))
-    return Primitives(
-        center, amp, *_bounds(center, radius[:, None]), radius=radius, inner=np.zeros(len(radius))
-    )
+    return Primitives(center, amp, *_bounds(center, radius[:, None]), radius=radius, inner=np.zeros(len(radius)))
 
 
 def make_satellite_scene(shape: Sequence[int], seed: int) -> Satellite:
@@ -555,10 +533,7 @@ def make_satellite_scene(shape: Sequence[int], seed: int) -> Satellite:
     size = float(min(plane))
     rng = np.random.default_rng(np.random.SeedSequence([seed, 10]))
 
-    ripples = [
-        (float(rng.uniform(0.3, 0.6)), rng.uniform(1.0, 4.0, 2), rng.uniform(0, 2 * np.pi, 2))
-        for _ in range(3)
-    ]
+    ripples = [(float(rng.uniform(0.3, 0.6)), rng.uniform(1.0, 4.0, 2), rng.uniform(0, 2 * np.pi, 2)) for _ in range(3)]
 
     # Fields share the land register's orientation, give or take 3 degrees; 150 m to 2 km.
     grid = float(rng.uniform(0, np.pi / 2))
@@ -593,9 +568,7 @@ def make_satellite_scene(shape: Sequence[int], seed: int) -> Satellite:
 
     # Roads: most along the land register, a few at any angle; two long ones cross the scene.
     n = _sat_count(N_ROADS, plane, 3)
-    angle = np.where(
-        rng.random(n) < 0.7, grid + np.pi / 2 * rng.integers(0, 2, n), rng.uniform(0, np.pi, n)
-    )
+    angle = np.where(rng.random(n) < 0.7, grid + np.pi / 2 * rng.integers(0, 2, n), rng.uniform(0, np.pi, n))
     half = np.stack(
         [_log_uniform(rng, 60, max(60.0, min(1200.0, size / 2)), n), rng.uniform(0.6, 1.2, n)],
         axis=1,
@@ -657,12 +630,10 @@ def _band_noise(seed: int, band: int, lo: np.ndarray, hi: np.ndarray) -> np.ndar
     """Standard normal noise from fixed 256 x 256 tiles of the band (independent of the tiling)."""
     edge = 256
     out = np.empty(tuple(hi - lo), dtype=np.float32)
-    for tile in itertools.product(
-        *(range(a // edge, (b - 1) // edge + 1) for a, b in zip(lo, hi, strict=True))
-    ):
-        data = np.random.default_rng(
-            np.random.SeedSequence([seed, 11, band, *tile])
-        ).standard_normal((edge, edge), dtype=np.float32)
+    for tile in itertools.product(*(range(a // edge, (b - 1) // edge + 1) for a, b in zip(lo, hi, strict=True))):
+        data = np.random.default_rng(np.random.SeedSequence([seed, 11, band, *tile])).standard_normal(
+            (edge, edge), dtype=np.float32
+        )
         t_lo = np.asarray(tile) * edge
         a, b = np.maximum(lo, t_lo), np.minimum(hi, t_lo + edge)
         out[tuple(slice(x - o, y - o) for x, y, o in zip(a, b, lo, strict=True))] = data[
@@ -687,9 +658,7 @@ def satellite_nodata(scene: Satellite, lo: Sequence[int], hi: Sequence[int]) -> 
     return mask
 
 
-def render_satellite_tile(
-    scene: Satellite, band: int, lo: Sequence[int], hi: Sequence[int]
-) -> np.ndarray:
+def render_satellite_tile(scene: Satellite, band: int, lo: Sequence[int], hi: Sequence[int]) -> np.ndarray:
     """Band ``band`` of the pixel range [lo, hi) (y, x) as int16; a pure function of its
     arguments."""
     lo_a, hi_a = np.asarray(lo, dtype=np.int64), np.asarray(hi, dtype=np.int64)
@@ -781,9 +750,7 @@ def _satellite_metadata(shape: Sequence[int], tile: Sequence[int], seed: int) ->
     )
     items = [f'<Item name="{SATELLITE_KEY}">{escape(record)}</Item>']
     for band in range(shape[0]):
-        items.append(
-            f'<Item name="DESCRIPTION" sample="{band}" role="description">{BANDS[band]}</Item>'
-        )
+        items.append(f'<Item name="DESCRIPTION" sample="{band}" role="description">{BANDS[band]}</Item>')
         items.append(f'<Item name="SCALE" sample="{band}" role="scale">{REFLECTANCE_SCALE}</Item>')
         items.append(f'<Item name="OFFSET" sample="{band}" role="offset">0</Item>')
     return f"<GDALMetadata>{''.join(items)}</GDALMetadata>"
@@ -810,9 +777,7 @@ def satellite_parameters(path: str | os.PathLike[str]) -> dict | None:
     return None
 
 
-def is_satellite_complete(
-    path: str | os.PathLike[str], shape: Sequence[int], tile: Sequence[int], seed: int
-) -> bool:
+def is_satellite_complete(path: str | os.PathLike[str], shape: Sequence[int], tile: Sequence[int], seed: int) -> bool:
     """True if ``path`` holds a satellite scene made with these parameters (files are
     published whole, so one that exists is complete)."""
     return _made_with(
@@ -847,9 +812,7 @@ def make_satellite(
     t0 = time.perf_counter()
     scene = make_satellite_scene(shape, seed)
     bands, height, width = shape
-    ranges = [
-        (band, lo, hi) for band in range(bands) for lo, hi in _chunk_ranges((height, width), tile)
-    ]
+    ranges = [(band, lo, hi) for band in range(bands) for lo, hi in _chunk_ranges((height, width), tile)]
     per_band = len(ranges) // bands
     workers = workers or os.cpu_count() or 1
     tags = [
@@ -1042,8 +1005,7 @@ def _satellite_main(
         # Only ever replace a scene this script wrote.
         if not out.is_file() or satellite_parameters(out) is None:
             print(
-                f"make_sample: {out} exists and is not a satellite scene of this script; "
-                "not touching it",
+                f"make_sample: {out} exists and is not a satellite scene of this script; not touching it",
                 file=sys.stderr,
             )
             return 2
@@ -1064,6 +1026,7 @@ def _satellite_main(
     )
     print(f"make_sample: done in {time.perf_counter() - t0:.1f} s -> {out}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())
