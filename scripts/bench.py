@@ -36,12 +36,13 @@ largest sum of RSS over the process and its children, polled every 20 ms; wall t
 (each repeat runs every tool once), so drift in the machine hits all tools alike; the input
 files are read once beforehand so every tool starts from a warm page cache. Output is written
 to the page cache and not synced, for every tool alike. Before every run the bench waits
-``--settle`` seconds (default 3) after deleting the previous outputs: a virtual machine whose
-balloon reports free memory to its host (``/sys/module/page_reporting``) hands freed pages back
-about 2 s after they are freed, and writing into pages the host must supply again costs about
-ten times more kernel time than writing into recycled ones (880 MB with ``dd``: 2.4 s against
-0.2 s of system time). Without the wait, a run that starts right after another tool's output
-was deleted writes into that tool's recycled pages, and the order of the tools decides part of
+at least ``--settle`` seconds (default 1) after deleting the previous outputs, and on a virtual
+machine whose balloon reports free memory to its host (``/sys/module/page_reporting``) until
+the host has taken all of it back. Such a machine hands freed pages back in passes 2 s apart,
+about 0.9 GB a pass, and writing into pages the host must supply again costs about ten times
+the kernel time of writing into recycled ones (880 MB with ``dd``: 2.4 s against 0.2 s of
+system time). Without the wait, a run that starts right after another tool's output was
+deleted writes into that tool's recycled pages, and the order of the tools decides part of
 the result.
 
 Reading the table: ``wall`` is the median over repeats [min–max]; ``input MB/s`` is the input's
@@ -121,6 +122,8 @@ SAMPLE_CHUNKS = (512, 512)
 VOLUME_CHUNKS = (32, 256, 256)
 TIFF_TILE = 512
 POLL_S = 0.02
+PAGE_REPORTING = Path("/sys/module/page_reporting/parameters/reported_kib")  # memory handed back to a VM's host
+REPORTING_PASS_S = 3.0  # longer than the 2 s between the balloon's passes
 CONVPIPE_CLI = "from convpipe.cli import main; main()"
 CHECK_CENTRE = 512
 RTOL = 1e-4
@@ -434,6 +437,24 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def settle(seconds: float) -> None:
+    """Wait ``seconds``, then until the host has taken back the memory freed so far (see the
+    module's docstring): until the balloon's count of reported memory stops growing for longer
+    than one of its passes. At most a minute."""
+    if seconds <= 0:
+        return
+    time.sleep(seconds)
+    if not PAGE_REPORTING.exists():
+        return
+    deadline = time.monotonic() + 60
+    last, still = PAGE_REPORTING.read_text(), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - still < REPORTING_PASS_S:
+        time.sleep(0.25)
+        now = PAGE_REPORTING.read_text()
+        if now != last:
+            last, still = now, time.monotonic()
+
+
 def output_path(tool: str, case: str) -> Path:
     return RUNS / f"{tool}-{case}{'.v' if tool == 'vips' else '.zarr'}"
 
@@ -699,10 +720,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--settle",
         type=float,
-        default=3.0,
+        default=1.0,
         metavar="S",
-        help="seconds to wait before each run, after deleting outputs, so every run starts from the same "
-        "free memory (default 3; see above)",
+        help="seconds to wait at least before each run, after deleting outputs, so every run starts from "
+        "the same free memory (default 1; 0: no wait; see above)",
     )
     ap.add_argument("--json", type=Path, default=OUT / "results.json", help="raw measurements (default %(default)s)")
     ap.add_argument(
@@ -810,7 +831,7 @@ def run_case(case: str, spec: dict[str, Any], args: argparse.Namespace, env: dic
                     **env,
                     "PYTHONPATH": os.pathsep.join(filter(None, [str(args.baseline), env.get("PYTHONPATH")])),
                 }
-            time.sleep(args.settle)
+            settle(args.settle)
             result = measure(command(tool, case, src, dst, config, spec["block"]), tool_env)
             result.update(case=case, tool=tool, rep=rep)
             runs.append(result)
@@ -888,7 +909,7 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def scale(
-    sizes: Sequence[float], output_format: str = "zarr", dtype: str = "float32", repeat: int = 1, settle: float = 0.0
+    sizes: Sequence[float], output_format: str = "zarr", dtype: str = "float32", repeat: int = 1, settle_s: float = 0.0
 ) -> int:
     """Peak memory, graph-building time and time per pixel as the image grows: the first two
     must not follow its size, the last must stay flat. Sizes alternate within each repeat, so
@@ -914,7 +935,7 @@ def scale(
         for gib, side, src, dst, config in inputs:
             warm(src)
             remove(dst)
-            time.sleep(settle)
+            settle(settle_s)
             cmd = [sys.executable, "-c", CONVPIPE_CLI, "run", str(config), "--overwrite"]
             result = measure(cmd, dict(os.environ))
             remove(dst)
