@@ -14,6 +14,7 @@ pass unseen.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -336,7 +337,11 @@ def reference_step(image: np.ndarray, step: Any, axes: str | None = None) -> np.
         high = np.inf if config.max is None else config.max
         return np.minimum(np.maximum(x, low), high)
     assert name == "rescale"
-    low, high = np.nanmin(image), np.nanmax(image)
+    with warnings.catch_warnings():
+        # An image of NaN only has no range: nanmin and nanmax say so with NaN (and a warning),
+        # and every output is NaN below.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanmin(image), np.nanmax(image)
     if not high > low:
         return np.where(np.isnan(x), x, config.min)
     return (x - low) * (config.max - config.min) / (high - low) + config.min
