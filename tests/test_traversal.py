@@ -107,16 +107,47 @@ def test_no_whole_chunk_cache_where_it_would_not_pay() -> None:
     assert huge_chunks.block_order() == list(np.ndindex(*grid))
 
 
-def test_volumes_keep_one_and_a_half_slabs_and_run_row_major_when_a_band_would_not_fit() -> None:
-    """The benchmark's volume (256×2048² in 32×256² chunks, blocks two chunks deep): its
-    cache of 1.5 chunk slabs does not hold even a band of MIN_BAND blocks' next slab with the
-    rest, so it runs row-major, as a volume too large for the cap does."""
+def test_a_volume_keeps_what_its_whole_width_needs_when_that_fits_and_else_one_and_a_half_slabs() -> None:
+    """The benchmark's volume (256×2048² in 32×256² chunks, blocks two chunks deep) needs 84
+    whole chunks at once in row-major order, 1.3 slabs: its cache holds them and a quarter
+    more for strips, so it runs row-major. Four times as wide, not even a band of MIN_BAND
+    blocks fits the cap: one and a half slabs, capped, still row-major."""
     config = from_dict({"input": {"path": "in.zarr"}, "output": {"path": "out.zarr"}, "pipeline": EDGES[:1]})
-    for shape in ((256, 2048, 2048), (256, 8192, 8192)):
-        volume = bind(config, shape, np.dtype("uint16"), (32, 256, 256))
-        assert volume.cache_bytes == min(traversal.MAX_CACHE_BYTES, int(1.5 * 32 * shape[1] * shape[2] * 2))
-        grid = tuple(len(c) for c in volume.chunks)
-        assert volume.block_order() == list(np.ndindex(*grid))
+    volume = bind(config, (256, 2048, 2048), np.dtype("uint16"), (32, 256, 256))
+    chunk = 32 * 256 * 256 * 2
+    assert volume.chunk_layout.whole_bytes(8) == 84 * chunk  # the next slab, the next row, a column
+    assert volume.cache_bytes == 84 * chunk + 28 * chunk <= traversal.MAX_CACHE_BYTES
+    wide = bind(config, (256, 8192, 8192), np.dtype("uint16"), (32, 256, 256))
+    assert wide.cache_bytes == traversal.MAX_CACHE_BYTES < wide.chunk_layout.whole_bytes(MIN_BAND)
+    for plan in (volume, wide):
+        grid = tuple(len(c) for c in plan.chunks)
+        assert plan.block_order() == list(np.ndindex(*grid))
+
+
+def test_a_volume_whose_width_fits_decodes_each_chunk_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoded: collections.Counter[tuple[int, ...]]
+) -> None:
+    """Blocks two chunks deep: every block's halo reads the first chunk slab of the next layer
+    of blocks, which stays whole until that layer runs, and the last slab of the layer before,
+    kept as strips. With the default cache, one thread: each chunk is decoded exactly once,
+    and the output equals a run without a cache."""
+    from convpipe.run import run
+
+    chunk, block, grid = (16, 16, 16), (32, 16, 16), (3, 4, 4)
+    shape = tuple(g * b for g, b in zip(grid, block, strict=True))
+    data = np.random.default_rng(11).integers(0, 60000, shape, dtype=np.uint16)
+    zarr.create_array(tmp_path / "in.zarr", shape=shape, chunks=chunk, dtype="u2")[...] = data
+    chain = [{"filter": "gaussian", "sigma": 1.0}, {"filter": "sobel"}]
+    document = {"input": {"path": str(tmp_path / "in.zarr"), "chunks": list(block)}, "pipeline": chain}
+    config = from_dict({**document, "output": {"path": str(tmp_path / "out.zarr")}})
+    assert bind(config, shape, np.dtype("uint16"), chunk).block_order() == list(np.ndindex(*grid))
+    run(config, scheduler_name="threads", workers=1)
+    assert len(decoded) == math.prod(-(-n // c) for n, c in zip(shape, chunk, strict=True))
+    assert set(decoded.values()) == {1}, decoded.most_common(4)
+    out = zarr.open_array(tmp_path / "out.zarr", mode="r")[...]
+    monkeypatch.setattr(traversal, "MAX_CACHE_BYTES", 0)  # no cache: the reference run
+    run(from_dict({**document, "output": {"path": str(tmp_path / "ref.zarr")}}), scheduler_name="sync")
+    np.testing.assert_array_equal(out, zarr.open_array(tmp_path / "ref.zarr", mode="r")[...])
 
 
 @pytest.mark.parametrize("cap", [BAND_CACHE_BYTES, None])

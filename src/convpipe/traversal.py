@@ -7,8 +7,9 @@ only as the strips along its faces (``io/cache.py``). In row-major order that me
 chunks across the whole image. So a 2-D image runs in bands across its last axis (x), each
 band row by row, at most ``MAX_BAND`` blocks wide: the cache is then the same for every
 image at least that wide, and a chunk is decoded twice only along a band's edge. Volumes
-keep one and a half chunk slabs, and run in bands too (each layer by layer) when that holds a
-band's next slab but not the whole plane's (README, "Performance").
+keep the same for the widest band whose chunks fit ``MAX_CACHE_BYTES``, the whole width if
+they can (bands run layer by layer), else one and a half chunk slabs in row-major order
+(README, "Performance").
 """
 
 from __future__ import annotations
@@ -72,17 +73,23 @@ class Layout:
         column right of a block (decoded by its halo, run next), twice for the block running
         beside it. 3-D: the same, with the first chunk slab of the next layer of blocks
         across the band's whole height in place of the row, the next row's chunks as deep as
-        a block, and the column beyond the band's edge.
+        a block, and the column beyond the band's edge; never more chunks than the image has
+        (a band as wide as the image has no column beyond it), so that a volume whose cache
+        holds the whole width runs row-major rather than in bands, which decode their edges
+        twice.
         """
         across = (band + 2) * self.per_block[self.spatial[-1]]
         y = self.per_block[self.spatial[-2]]
         if len(self.spatial) == 2:
             return (across + 2 * y) * self.chunk_bytes
         z = self.per_block[self.spatial[-3]]
-        rows = self.grid[self.spatial[-2]] * y + 2
+        columns, image_rows = (-(-self.shape[d] // self.chunks[d]) for d in self.spatial[-1:-3:-1])
+        across = min(across, columns)
+        rows = min(self.grid[self.spatial[-2]] * y + 2, image_rows)
         # and the chunks just beyond the band's right edge, decoded by its halos, run in the
         # next band: a column of them as deep as a layer
-        return (across * rows + z * across + 2 * z * y + z * rows) * self.chunk_bytes
+        beyond = z * rows if band < self.grid[self.spatial[-1]] else 0
+        return (across * rows + z * across + 2 * z * y + beyond) * self.chunk_bytes
 
 
 def _whole(cache_bytes: int) -> int:
@@ -95,11 +102,19 @@ def default_cache(layout: Layout, streamed: bool) -> int:
 
     2-D: the whole chunks of a band as wide as the image, up to ``MAX_BAND`` blocks and
     ``BAND_CACHE_BYTES`` (none when that leaves a band narrower than ``MIN_BAND`` blocks, or
-    when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes: one
-    and a half slabs of chunks across z, at most ``MAX_CACHE_BYTES`` (``remote_cache``); they
-    run in bands where that holds a band's chunks and not the whole plane's (``band_width``).
+    when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes: the
+    same for the widest band, up to the whole width, whose chunks fit ``MAX_CACHE_BYTES``
+    (``band_width`` then picks that band); when not even ``MIN_BAND`` blocks fit, one and a
+    half slabs of chunks across z, capped (``remote_cache``), in row-major order. A volume's
+    cache had been one and a half slabs, strips included: the benchmark's volume, which needs
+    1.3 slabs whole, decoded 384 of its 512 chunks twice.
     """
     if len(layout.spatial) >= 3:
+        across = layout.grid[layout.spatial[-1]]
+        for band in range(across, min(across, MIN_BAND) - 1, -1):
+            need = layout.whole_bytes(band)
+            if need + need // 3 <= MAX_CACHE_BYTES:
+                return need + need // 3  # and a quarter of the total for strips
         return remote_cache(layout.shape, layout.chunks, layout.spatial, layout.itemsize)
     if streamed or len(layout.spatial) < 2 or layout.chunks == layout.shape:
         return 0
