@@ -124,6 +124,26 @@ def test_a_volume_keeps_what_its_whole_width_needs_when_that_fits_and_else_one_a
         assert plan.block_order() == list(np.ndindex(*grid))
 
 
+def test_a_volume_cache_counts_every_channel_chunk_a_block_spans_and_none_for_one_chunk() -> None:
+    """Blocks three channel chunks deep (czyx, ``input.chunks``) hold three chunks at each
+    place: three times the need of one channel, and still row-major within the cap. A volume
+    stored as one chunk shares nothing between blocks: no cache."""
+    chain = EDGES[:1]
+
+    def volume(shape: tuple[int, ...], storage: tuple[int, ...], **inp: Any) -> Plan:
+        config = from_dict({"input": {"path": "in.zarr", **inp}, "output": {"path": "o.zarr"}, "pipeline": chain})
+        return bind(config, shape, np.dtype("uint16"), storage)
+
+    one = volume((1, 96, 512, 512), (1, 32, 128, 128), axes="czyx", chunks=[1, 64, 128, 128])
+    three = volume((3, 96, 512, 512), (1, 32, 128, 128), axes="czyx", chunks=[3, 64, 128, 128])
+    need = three.chunk_layout.whole_bytes(4)  # the whole width: four blocks
+    assert need == 3 * one.chunk_layout.whole_bytes(4) > 0
+    assert three.cache_bytes == need + need // 3 <= traversal.MAX_CACHE_BYTES
+    grid = tuple(len(c) for c in three.chunks)
+    assert three.block_order() == list(np.ndindex(*grid))
+    assert volume((64, 256, 256), (64, 256, 256)).cache_bytes == 0
+
+
 def test_a_volume_whose_width_fits_decodes_each_chunk_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoded: collections.Counter[tuple[int, ...]]
 ) -> None:
@@ -186,9 +206,9 @@ def test_a_volume_runs_in_bands_and_decodes_each_chunk_about_once(
 ) -> None:
     """A volume whose blocks are two chunks deep: its halo reads the first chunk slab of the
     next layer of blocks, which must stay whole until that layer runs. Where the cache (here
-    a cap below 1.5 slabs) holds that slab for a band of MIN_BAND blocks only, blocks run in
-    such bands and just the chunks along a band's edge are decoded twice; the output equals
-    a run without a cache."""
+    capped at what a band of MIN_BAND blocks needs) holds that slab for such a band only,
+    blocks run in such bands and just the chunks along a band's edge are decoded twice; the
+    output equals a run without a cache."""
     from convpipe.run import run
 
     chunk, block, grid = (16, 16, 16), (32, 16, 16), (3, 4, 4 * MIN_BAND)  # strips 5 deep

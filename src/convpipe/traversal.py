@@ -64,6 +64,8 @@ class Layout:
         # Chunks a block spans along each axis (a block need not start on a chunk boundary).
         self.per_block = tuple(-(-b // c) + (b % c != 0) for b, c in zip(block, chunks, strict=True))
         self.chunk_bytes = math.prod(min(c, n) for c, n in zip(chunks, shape, strict=True)) * itemsize
+        # A block spanning several chunks along t or c holds that many at each spatial place.
+        self.planes = math.prod(n for d, n in enumerate(self.per_block) if d not in self.spatial)
 
     def whole_bytes(self, band: int) -> int:
         """The whole chunks alive at once in a band ``band`` blocks wide.
@@ -76,12 +78,12 @@ class Layout:
         a block, and the column beyond the band's edge; never more chunks than the image has
         (a band as wide as the image has no column beyond it), so that a volume whose cache
         holds the whole width runs row-major rather than in bands, which decode their edges
-        twice.
+        twice. Each place counts as many chunks as a block spans along t and c.
         """
         across = (band + 2) * self.per_block[self.spatial[-1]]
         y = self.per_block[self.spatial[-2]]
         if len(self.spatial) == 2:
-            return (across + 2 * y) * self.chunk_bytes
+            return (across + 2 * y) * self.planes * self.chunk_bytes
         z = self.per_block[self.spatial[-3]]
         columns, image_rows = (-(-self.shape[d] // self.chunks[d]) for d in self.spatial[-1:-3:-1])
         across = min(across, columns)
@@ -89,7 +91,7 @@ class Layout:
         # and the chunks just beyond the band's right edge, decoded by its halos, run in the
         # next band: a column of them as deep as a layer
         beyond = z * rows if band < self.grid[self.spatial[-1]] else 0
-        return (across * rows + z * across + 2 * z * y + beyond) * self.chunk_bytes
+        return (across * rows + z * across + 2 * z * y + beyond) * self.planes * self.chunk_bytes
 
 
 def _whole(cache_bytes: int) -> int:
@@ -109,6 +111,8 @@ def default_cache(layout: Layout, streamed: bool) -> int:
     cache had been one and a half slabs, strips included: the benchmark's volume, which needs
     1.3 slabs whole, decoded 384 of its 512 chunks twice.
     """
+    if layout.chunks == layout.shape:  # one chunk: nothing for a neighbour to share
+        return 0
     if len(layout.spatial) >= 3:
         across = layout.grid[layout.spatial[-1]]
         for band in range(across, min(across, MIN_BAND) - 1, -1):
@@ -116,7 +120,7 @@ def default_cache(layout: Layout, streamed: bool) -> int:
             if need + need // 3 <= MAX_CACHE_BYTES:
                 return need + need // 3  # and a quarter of the total for strips
         return remote_cache(layout.shape, layout.chunks, layout.spatial, layout.itemsize)
-    if streamed or len(layout.spatial) < 2 or layout.chunks == layout.shape:
+    if streamed or len(layout.spatial) < 2:
         return 0
     across = min(layout.grid[layout.spatial[-1]], MAX_BAND)
     if layout.grid[layout.spatial[-2]] < 2:  # one row of blocks: no halo reaches a later row
