@@ -108,20 +108,15 @@ def test_no_whole_chunk_cache_where_it_would_not_pay() -> None:
 
 
 def test_a_volume_keeps_what_its_whole_width_needs_when_that_fits_and_else_one_and_a_half_slabs() -> None:
-    """The benchmark's volume (256×2048² in 32×256² chunks, blocks two chunks deep, its chain's
-    halo 7 deep) needs 84 whole chunks at once in row-major order, 1.3 slabs, and strips: its
-    cache holds both, so it runs row-major. Four times as wide, not even a band of MIN_BAND
+    """The benchmark's volume (256×2048² in 32×256² chunks, blocks two chunks deep) needs 84
+    whole chunks at once in row-major order, 1.3 slabs: its cache holds them and a quarter
+    more for strips, so it runs row-major. Four times as wide, not even a band of MIN_BAND
     blocks fits the cap: one and a half slabs, capped, still row-major."""
-    chain = [{"filter": "gaussian", "sigma": 1.5}, {"filter": "sobel"}]
-    config = from_dict({"input": {"path": "in.zarr"}, "output": {"path": "out.zarr"}, "pipeline": chain})
+    config = from_dict({"input": {"path": "in.zarr"}, "output": {"path": "out.zarr"}, "pipeline": EDGES[:1]})
     volume = bind(config, (256, 2048, 2048), np.dtype("uint16"), (32, 256, 256))
-    chunk, layout = 32 * 256 * 256 * 2, volume.chunk_layout
-    assert layout.whole_bytes(8) == 84 * chunk  # the next slab, the next row, a column
-    # a layer of blocks (64), a row (8) and two more, each keeping one z face 7 deep of its
-    # two chunks and the y, x and low x faces of both
-    assert layout.strip_bytes(8) == 74 * (7 * 256 * 256 + 2 * 3 * 32 * 7 * 256) * 2
-    assert volume.cache_bytes == layout.cache_for(8) == 4 * layout.strip_bytes(8) <= traversal.MAX_CACHE_BYTES
-    assert traversal.band_width(layout, volume.cache_bytes) == 8
+    chunk = 32 * 256 * 256 * 2
+    assert volume.chunk_layout.whole_bytes(8) == 84 * chunk  # the next slab, the next row, a column
+    assert volume.cache_bytes == 84 * chunk + 28 * chunk <= traversal.MAX_CACHE_BYTES
     wide = bind(config, (256, 8192, 8192), np.dtype("uint16"), (32, 256, 256))
     assert wide.cache_bytes == traversal.MAX_CACHE_BYTES < wide.chunk_layout.whole_bytes(MIN_BAND)
     for plan in (volume, wide):
@@ -141,41 +136,28 @@ def test_a_volume_cache_counts_every_channel_chunk_a_block_spans_and_none_for_on
 
     one = volume((1, 96, 512, 512), (1, 32, 128, 128), axes="czyx", chunks=[1, 64, 128, 128])
     three = volume((3, 96, 512, 512), (1, 32, 128, 128), axes="czyx", chunks=[3, 64, 128, 128])
-    layout = three.chunk_layout  # the whole width: four blocks
-    assert layout.whole_bytes(4) == 3 * one.chunk_layout.whole_bytes(4) > 0
-    assert layout.strip_bytes(4) == 3 * one.chunk_layout.strip_bytes(4) > 0
-    assert three.cache_bytes == layout.cache_for(4) <= traversal.MAX_CACHE_BYTES
+    need = three.chunk_layout.whole_bytes(4)  # the whole width: four blocks
+    assert need == 3 * one.chunk_layout.whole_bytes(4) > 0
+    assert three.cache_bytes == need + need // 3 <= traversal.MAX_CACHE_BYTES
     grid = tuple(len(c) for c in three.chunks)
     assert three.block_order() == list(np.ndindex(*grid))
     assert volume((64, 256, 256), (64, 256, 256)).cache_bytes == 0
 
 
-@pytest.mark.parametrize(("sigma", "chunk", "grid"), [(1.0, (16, 16, 16), (3, 4, 4)), (2.0, (24, 32, 32), (3, 8, 8))])
 def test_a_volume_whose_width_fits_decodes_each_chunk_once(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    decoded: collections.Counter[tuple[int, ...]],
-    sigma: float,
-    chunk: tuple[int, int, int],
-    grid: tuple[int, int, int],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoded: collections.Counter[tuple[int, ...]]
 ) -> None:
     """Blocks two chunks deep: every block's halo reads the first chunk slab of the next layer
     of blocks, which stays whole until that layer runs, and the last slab of the layer before,
-    kept as strips (5 deep; with sigma 2, 9 deep on a grid as wide as the benchmark's: then
-    the strips size the cache). With the default cache, one thread: each chunk is decoded
-    exactly once, and the output equals a run without a cache. The strips' floor for runs
-    without a cache (8 MiB, more than these small volumes need) is set aside, so that the
-    cache's own share holds them."""
-    from convpipe.io import cache
+    kept as strips. With the default cache, one thread: each chunk is decoded exactly once,
+    and the output equals a run without a cache."""
     from convpipe.run import run
 
-    monkeypatch.setattr(cache, "STRIP_BYTES", 0)
-
-    block = (2 * chunk[0], *chunk[1:])
+    chunk, block, grid = (16, 16, 16), (32, 16, 16), (3, 4, 4)
     shape = tuple(g * b for g, b in zip(grid, block, strict=True))
     data = np.random.default_rng(11).integers(0, 60000, shape, dtype=np.uint16)
     zarr.create_array(tmp_path / "in.zarr", shape=shape, chunks=chunk, dtype="u2")[...] = data
-    chain = [{"filter": "gaussian", "sigma": sigma}, {"filter": "sobel"}]
+    chain = [{"filter": "gaussian", "sigma": 1.0}, {"filter": "sobel"}]
     document = {"input": {"path": str(tmp_path / "in.zarr"), "chunks": list(block)}, "pipeline": chain}
     config = from_dict({**document, "output": {"path": str(tmp_path / "out.zarr")}})
     assert bind(config, shape, np.dtype("uint16"), chunk).block_order() == list(np.ndindex(*grid))
@@ -231,8 +213,9 @@ def test_a_volume_runs_in_bands_and_decodes_each_chunk_about_once(
 
     chunk, block, grid = (16, 16, 16), (32, 16, 16), (3, 4, 4 * MIN_BAND)  # strips 5 deep
     shape = tuple(g * b for g, b in zip(grid, block, strict=True))
-    layout = traversal.Layout(shape, chunk, block, (0, 1, 2), 2, depth=(5, 5, 5))
-    monkeypatch.setattr(traversal, "MAX_CACHE_BYTES", layout.cache_for(MIN_BAND))
+    layout = traversal.Layout(shape, chunk, block, (0, 1, 2), 2)
+    need = layout.whole_bytes(MIN_BAND)
+    monkeypatch.setattr(traversal, "MAX_CACHE_BYTES", need + need // 3)
     data = np.random.default_rng(9).integers(0, 60000, shape, dtype=np.uint16)
     zarr.create_array(tmp_path / "in.zarr", shape=shape, chunks=chunk, dtype="u2")[...] = data
     chain = [{"filter": "gaussian", "sigma": 1.0}, {"filter": "sobel"}]

@@ -112,9 +112,8 @@ class Plan:
     @property
     def chunk_layout(self) -> traversal.Layout:
         """The blocks over the input's storage chunks (what the chunk cache is sized from)."""
-        depth = tuple(max(halo) for halo in self.halo(len(self.steps) - 1)) if self.steps else ()
         return traversal.Layout(
-            self.input_shape, self.input_chunks, self.input_block, self.spatial, self.input_dtype.itemsize, depth
+            self.input_shape, self.input_chunks, self.input_block, self.spatial, self.input_dtype.itemsize
         )
 
     def block_order(self) -> list[tuple[int, ...]]:

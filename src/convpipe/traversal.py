@@ -57,11 +57,8 @@ class Layout:
         block: Sequence[int],
         spatial: Sequence[int],
         itemsize: int,
-        depth: Sequence[int] = (),
     ) -> None:
         self.shape, self.chunks, self.itemsize = tuple(shape), tuple(chunks), itemsize
-        # How deep blocks read beyond their own span, per axis (the halo): the strips' depth.
-        self.depth = tuple(depth) or (0,) * len(self.shape)
         self.spatial = tuple(spatial)
         self.grid = tuple(-(-n // b) for n, b in zip(shape, block, strict=True))
         # Chunks a block spans along each axis (a block need not start on a chunk boundary).
@@ -96,36 +93,6 @@ class Layout:
         beyond = z * rows if band < self.grid[self.spatial[-1]] else 0
         return (across * rows + z * across + 2 * z * y + beyond) * self.planes * self.chunk_bytes
 
-    def strip_bytes(self, band: int) -> int:
-        """3-D: the strips along chunk faces alive at once in a band ``band`` blocks wide.
-
-        A block's chunks keep their faces on the block's high sides and, along the last axis,
-        its low side too, as deep as the halo (``io/inputs.py``), until the neighbour beyond has
-        read them; the one beyond in z runs a layer later, and the cache drops strips oldest
-        first, so a layer of the band's blocks' strips, a row and two blocks more, stay. A face
-        half a chunk deep or more is not kept (``io/cache.py``). (2-D strips are small beside a
-        band's whole chunks: not counted.)
-        """
-        if len(self.spatial) < 3:
-            return 0
-        chunk = [min(c, n) for c, n in zip(self.chunks, self.shape, strict=True)]
-        held = math.prod(self.per_block[d] for d in self.spatial) * self.planes
-        faces = sum(
-            (2 if d == len(chunk) - 1 else 1) * held // self.per_block[d] * self.depth[d] * math.prod(chunk) // chunk[d]
-            for d in self.spatial[-3:]
-            if 2 * self.depth[d] < chunk[d]
-        )
-        x, y = self.spatial[-1], self.spatial[-2]
-        band = max(1, min(band, self.grid[x]))
-        return (band * self.grid[y] + band + 2) * faces * self.itemsize
-
-    def cache_for(self, band: int) -> int:
-        """A volume's cache for bands ``band`` blocks wide: its whole chunks with a third more
-        for strips (``io/cache.py`` keeps a quarter of the total for them), or four times the
-        strips where those are more (a deep halo on thin chunks)."""
-        need = self.whole_bytes(band)
-        return max(need + need // 3, 4 * self.strip_bytes(band))
-
 
 def _whole(cache_bytes: int) -> int:
     """The part of a cache kept for whole chunks (``io/cache.py`` keeps a quarter for strips)."""
@@ -138,20 +105,20 @@ def default_cache(layout: Layout, streamed: bool) -> int:
     2-D: the whole chunks of a band as wide as the image, up to ``MAX_BAND`` blocks and
     ``BAND_CACHE_BYTES`` (none when that leaves a band narrower than ``MIN_BAND`` blocks, or
     when the output is a TIFF, whose writer takes blocks in an order of its own). Volumes: the
-    same for the widest band, up to the whole width, whose chunks and strips fit
-    ``MAX_CACHE_BYTES`` (``Layout.cache_for``; ``band_width`` then picks that band); when not
-    even ``MIN_BAND`` blocks fit, one and a half slabs of chunks across z, capped
-    (``remote_cache``), in row-major order. A volume's cache had been one and a half slabs,
-    strips included: the benchmark's volume, which needs 1.3 slabs whole, decoded 384 of its
-    512 chunks twice.
+    same for the widest band, up to the whole width, whose chunks fit ``MAX_CACHE_BYTES``
+    (``band_width`` then picks that band); when not even ``MIN_BAND`` blocks fit, one and a
+    half slabs of chunks across z, capped (``remote_cache``), in row-major order. A volume's
+    cache had been one and a half slabs, strips included: the benchmark's volume, which needs
+    1.3 slabs whole, decoded 384 of its 512 chunks twice.
     """
     if layout.chunks == layout.shape:  # one chunk: nothing for a neighbour to share
         return 0
     if len(layout.spatial) >= 3:
         across = layout.grid[layout.spatial[-1]]
         for band in range(across, min(across, MIN_BAND) - 1, -1):
-            if layout.cache_for(band) <= MAX_CACHE_BYTES:
-                return layout.cache_for(band)
+            need = layout.whole_bytes(band)
+            if need + need // 3 <= MAX_CACHE_BYTES:
+                return need + need // 3  # and a quarter of the total for strips
         return remote_cache(layout.shape, layout.chunks, layout.spatial, layout.itemsize)
     if streamed or len(layout.spatial) < 2:
         return 0
@@ -178,16 +145,16 @@ def remote_cache(shape: Sequence[int], chunks: Sequence[int], spatial: Sequence[
 
 
 def band_width(layout: Layout, cache_bytes: int) -> int:
-    """Blocks per band across x: the widest band whose whole chunks (and in 3-D strips) the
-    cache holds (at most ``MAX_BAND`` in 2-D; the whole image without a cache, or when even
-    ``MIN_BAND`` blocks do not fit, or when the whole width does: row-major)."""
+    """Blocks per band across x: the widest band whose whole chunks the cache holds (at most
+    ``MAX_BAND`` in 2-D; the whole image without a cache, or when even ``MIN_BAND`` blocks do
+    not fit, or when the whole width does: row-major)."""
     across = layout.grid[layout.spatial[-1]] if layout.spatial else 1
     if cache_bytes <= 0 or len(layout.spatial) not in (2, 3):
         return across
     whole = _whole(cache_bytes)
     widest = min(across, MAX_BAND) if len(layout.spatial) == 2 else across
     for band in range(widest, MIN_BAND - 1, -1):
-        if layout.whole_bytes(band) <= whole and layout.strip_bytes(band) <= cache_bytes - whole:
+        if layout.whole_bytes(band) <= whole:
             return band
     return across
 
