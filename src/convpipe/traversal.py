@@ -99,6 +99,11 @@ def _whole(cache_bytes: int) -> int:
     return cache_bytes - cache_bytes // 4
 
 
+def _with_strips(whole: int) -> int:
+    """The cache whose whole-chunk part (``_whole``) is ``whole``: a quarter more for strips."""
+    return whole + whole // 3
+
+
 def default_cache(layout: Layout, streamed: bool) -> int:
     """Room for the decoded input chunks that neighbouring blocks' halos share.
 
@@ -116,9 +121,9 @@ def default_cache(layout: Layout, streamed: bool) -> int:
     if len(layout.spatial) >= 3:
         across = layout.grid[layout.spatial[-1]]
         for band in range(across, min(across, MIN_BAND) - 1, -1):
-            need = layout.whole_bytes(band)
-            if need + need // 3 <= MAX_CACHE_BYTES:
-                return need + need // 3  # and a quarter of the total for strips
+            cache = _with_strips(layout.whole_bytes(band))
+            if cache <= MAX_CACHE_BYTES:
+                return cache
         return remote_cache(layout.shape, layout.chunks, layout.spatial, layout.itemsize)
     if streamed or len(layout.spatial) < 2:
         return 0
@@ -128,7 +133,7 @@ def default_cache(layout: Layout, streamed: bool) -> int:
     for band in range(across, min(across, MIN_BAND) - 1, -1):
         need = layout.whole_bytes(band)
         if need <= BAND_CACHE_BYTES:
-            return need + need // 3  # and a quarter of the total for strips
+            return _with_strips(need)
     return 0
 
 
