@@ -39,11 +39,11 @@ to the page cache and not synced, for every tool alike. Before every run the ben
 at least ``--settle`` seconds (default 1) after deleting the previous outputs, and on a virtual
 machine whose balloon reports free memory to its host (``/sys/module/page_reporting``) until
 the host has taken all of it back. Such a machine hands freed pages back in passes 2 s apart,
-about 0.9 GB a pass, and writing into pages the host must supply again costs about ten times
-the kernel time of writing into recycled ones (880 MB with ``dd``: 2.4 s against 0.2 s of
-system time). Without the wait, a run that starts right after another tool's output was
-deleted writes into that tool's recycled pages, and the order of the tools decides part of
-the result.
+about 0.9 GB a pass, and writing into pages the host must supply again costs several times
+the kernel time of writing into recycled ones (880 MB with ``dd``: 1.3 to 2.7 s of system
+time, depending on the day, against 0.2 to 0.3 s). Without the wait, a run that starts
+right after another tool's output was deleted writes into that tool's recycled pages, and the
+order of the tools decides part of the result.
 
 Reading the table: ``wall`` is the median over repeats [min–max]; ``input MB/s`` is the input's
 uncompressed size over the median wall time; ``peak RSS`` is the median over repeats of each
