@@ -23,7 +23,7 @@ import numpy as np
 from convpipe.config import Config
 from convpipe.engine import computed_blocks, pyramid_graph, trial_block, write_graph
 from convpipe.errors import ConfigError, ConvpipeError, RunError
-from convpipe.io import lifecycle, stores
+from convpipe.io import durable, lifecycle, stores
 from convpipe.io.geotiff import GeoInfo
 from convpipe.io.inputs import InputSpec, forget_inputs, open_input
 from convpipe.io.output import BlockOutput, Output, StreamOutput, output_for
@@ -324,7 +324,8 @@ def run(
                 *_lock_store(target, writable=True), lease_seconds, **_waiting(out, resume or overwrite, notify)
             ) as lease,
             _writing(out),
-            _draining(scheduling.drain),
+            _draining(durable.background.wait),  # ... and their chunks are on the disk
+            _draining(scheduling.drain),  # the blocks in flight finish ...
         ):
             _check_alone(lease, seen, resume)
             status = target.read_status() if resume else None  # again, now that the output is ours
@@ -374,6 +375,7 @@ def _write_blocks(target: BlockOutput, job: _Job, *, keep: bool) -> tuple[int, i
     graph_seconds = time.perf_counter() - graph_start
     with _progress(job.progress, target.location, plan, target.count_written):
         written = graph.compute(**job.options) if todo else 0
+        durable.background.drain()  # every block on the disk and recorded: the count is whole
         # The pyramid, level by level from the one below; redone whole after a resume.
         for level in range(1, plan.storage.pyramid + 1):
             graph = pyramid_graph(plan, level, target.read_level, target.write_level, handle)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from convpipe.errors import RunError
-from convpipe.io import geotiff, stores
+from convpipe.io import durable, geotiff, stores
 from convpipe.io.geotiff import PARTIAL_SUFFIX, GeoInfo, gdal_metadata
 from convpipe.io.output import Found
 from convpipe.io.stores import Location
@@ -81,7 +81,9 @@ def staged(location: Location, size_estimate: int) -> Iterator[Path]:
         partial.parent.mkdir(parents=True, exist_ok=True)
         try:
             yield partial
+            durable.flush([partial], partial.parent)  # the whole file on the disk before its name
             os.replace(partial, location.path)
+            durable.sync_folder(partial.parent)
         finally:
             partial.unlink(missing_ok=True)
         return

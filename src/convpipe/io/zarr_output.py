@@ -13,8 +13,10 @@ writing one output, and every block checks it before it writes.
 from __future__ import annotations
 
 import functools
+import itertools
+import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from convpipe.errors import RunError
-from convpipe.io import lifecycle, ngff, stores
+from convpipe.io import durable, lifecycle, ngff, stores
 from convpipe.io.output import Found
 from convpipe.io.stores import Location
 
@@ -59,6 +61,7 @@ class OutputSpec:
     run_id: str  # keys the per-process handle cache, so no run writes through a stale one
     array: str = ""  # the level-0 array inside the output ("0" in an OME-Zarr group)
     lease: lifecycle.LeaseKey | None = None  # checked before every block is written
+    driver_pid: int = 0  # the run's own process, which flushes writes in the background
 
 
 def _at(location: Location | str) -> Location:
@@ -114,6 +117,7 @@ def create(
                 group.create_array(array_name, **options)
         else:
             zarr.create_array(store=target, zarr_format=3, **arrays[0][1])
+        _flush_metadata(location)
     except (OSError, ValueError) as error:
         detail = getattr(error, "strerror", None) or error
         raise RunError(stores.redact(f"output {location}: cannot create it ({detail})")) from None
@@ -126,6 +130,21 @@ def _mark_incomplete(location: Location) -> None:
     if status is not None and status.get("complete"):
         node = zarr.open(store=store(location), mode="r+")
         node.attrs["convpipe"] = {**status, "complete": False}
+        _flush_metadata(location)
+
+
+#: What zarr keeps an array's or group's metadata in (v3; v2).
+METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+
+
+def _flush_metadata(location: Location) -> None:
+    """The output's metadata (the group's and its arrays', one folder down) on a local disk."""
+    if not location.is_local:
+        return
+    root = Path(location.path)
+    found = [path for folder in (root, *root.iterdir()) for name in METADATA_FILES if (path := folder / name).is_file()]
+    durable.flush(found, root)
+    durable.sync_folder(root.parent)
 
 
 def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict[str, Any]:
@@ -155,7 +174,7 @@ def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict
 
 def prepare(location: Location, format_name: str, lease: lifecycle.LeaseKey | None) -> OutputSpec:
     """The handle every writer uses for this run."""
-    return OutputSpec(location, uuid.uuid4().hex, level_path(format_name), lease)
+    return OutputSpec(location, uuid.uuid4().hex, level_path(format_name), lease, os.getpid())
 
 
 @functools.lru_cache(maxsize=32)
@@ -175,7 +194,7 @@ def read_level(spec: OutputSpec, level: int, bounds: Sequence[tuple[int, int]]) 
 def write_level(spec: OutputSpec, level: int, bounds: Sequence[tuple[int, int]], data: np.ndarray) -> None:
     if spec.lease is not None:
         lifecycle.check_lease(store(spec.location), spec.lease)
-    _open(spec, str(level))[tuple(slice(start, stop) for start, stop in bounds)] = data
+    _write(spec, _open(spec, str(level)), bounds, data)
 
 
 def write_block(spec: OutputSpec, index: Sequence[int], bounds: Sequence[tuple[int, int]], data: np.ndarray) -> None:
@@ -184,8 +203,37 @@ def write_block(spec: OutputSpec, index: Sequence[int], bounds: Sequence[tuple[i
     target = store(spec.location)
     if spec.lease is not None:
         lifecycle.check_lease(target, spec.lease)
-    _open(spec, spec.array)[tuple(slice(start, stop) for start, stop in bounds)] = data
-    lifecycle.record_block(target, tuple(index), BLOCKS_PREFIX)
+    _write(spec, _open(spec, spec.array), bounds, data, functools.partial(_record, target, tuple(index)))
+
+
+def _record(target: Any, index: tuple[int, ...]) -> None:
+    lifecycle.record_block(target, index, BLOCKS_PREFIX)
+
+
+def _write(
+    spec: OutputSpec,
+    array: Any,
+    bounds: Sequence[tuple[int, int]],
+    data: np.ndarray,
+    then: Callable[[], None] = lambda: None,
+) -> None:
+    """Write a region, put the chunk files it filled on a local disk (``convpipe.io.durable``),
+    and only then call ``then`` (record the block). In the process that runs the output, the
+    flushing and ``then`` happen in the background (the run drains them before it marks the
+    output complete or lets go of the lease); a worker process waits for them."""
+    array[tuple(slice(start, stop) for start, stop in bounds)] = data
+    if not spec.location.is_local:
+        then()
+        return
+    stored = array.shards or array.chunks  # the unit zarr writes as one file
+    spans = [range(start // size, -(-stop // size)) for (start, stop), size in zip(bounds, stored, strict=True)]
+    folder = Path(spec.location.path, array.path)
+    files = [folder / array.metadata.encode_chunk_key(coords) for coords in itertools.product(*spans)]
+    if os.getpid() == spec.driver_pid:
+        durable.background.submit(files, spec.location.path, then)
+    else:
+        durable.flush(files, spec.location.path)
+        then()
 
 
 def written_blocks(location: Location | str) -> set[tuple[int, ...]]:
@@ -220,6 +268,7 @@ def mark_complete(location: Location | str) -> None:
     attributes = dict(node.attrs["convpipe"])
     attributes["complete"] = True
     node.attrs["convpipe"] = attributes
+    _flush_metadata(_at(location))  # every chunk is on the disk already (_write)
     lifecycle.clear_blocks(target, BLOCKS_PREFIX)
 
 
@@ -292,4 +341,5 @@ class ZarrOutput:
         return count_written(self.location)
 
     def finish(self) -> None:
+        durable.background.drain()  # every block's chunk on the disk, and recorded
         mark_complete(self.location)

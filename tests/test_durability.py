@@ -1,0 +1,276 @@
+"""What a run vouches for is on the disk first (README, "Data safety"): a node that crashes or
+loses power keeps only what was synced, so a block's record, the completion mark and a
+published GeoTIFF must never reach the disk before the data they vouch for.
+
+A power cut cannot be staged in a test. These tests log every sync the run makes (each file's
+``fdatasync``, each folder's ``fsync``, read through the descriptor the run syncs) beside every
+record, completion mark and rename, and check the order at every point a cut could come.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import json
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tifffile
+import yaml
+import zarr
+from cli_tools import assert_one_line_error, invoke
+
+from convpipe.io import durable, lifecycle, zarr_output
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/fd")
+
+Event = tuple[str, Any]
+BLOCK = 32  # the processing block; the input is 3×3 blocks
+
+
+@pytest.fixture
+def small(tmp_path: Path) -> Path:
+    data = (np.random.default_rng(7).random((96, 96)) * 4000).astype(np.uint16)
+    path = tmp_path / "in.zarr"
+    zarr.create_array(str(path), data=data, chunks=(32, 32))
+    return path
+
+
+def write_config(folder: Path, source: Path, output: Path, **options: Any) -> Path:
+    data = {
+        "input": {"path": str(source), "chunks": [BLOCK, BLOCK]},
+        "output": {"path": str(output), **options},
+        "pipeline": [{"filter": "gaussian", "sigma": 1.5}, {"filter": "sobel"}],
+    }
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture
+def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Event]]:
+    """The log: ("file", (path, bytes synced)), ("folder", path), ("record", index),
+    ("cleared", None), ("replace", (source, target)), ("released", None) for the lease, in
+    the order they happened."""
+    log: list[Event] = []
+    datasync, fsync, record, clear, replace, release = (
+        durable._DATASYNC,
+        os.fsync,
+        lifecycle.record_block,
+        lifecycle.clear_blocks,
+        os.replace,
+        lifecycle.Lease.release,
+    )
+
+    def file_sync(fd: int) -> None:
+        time.sleep(0.01)  # a slow disk: whatever waits for the sync must wait longer
+        datasync(fd)
+        log.append(("file", (os.readlink(f"/proc/self/fd/{fd}"), os.pread(fd, 1 << 16, 0))))
+
+    def folder_sync(fd: int) -> None:
+        fsync(fd)
+        log.append(("folder", os.readlink(f"/proc/self/fd/{fd}")))
+
+    def recorded(store: Any, index: tuple[int, ...], *args: Any) -> None:
+        record(store, index, *args)
+        log.append(("record", tuple(index)))
+
+    def released(lease: Any) -> None:
+        log.append(("released", None))
+        release(lease)
+
+    def cleared(*args: Any) -> None:
+        log.append(("cleared", None))
+        clear(*args)
+
+    def renamed(source: Any, target: Any, *args: Any, **kwargs: Any) -> None:
+        replace(source, target, *args, **kwargs)
+        log.append(("replace", (os.fspath(source), os.fspath(target))))
+
+    monkeypatch.setattr(durable, "_DATASYNC", file_sync)
+    monkeypatch.setattr(os, "fsync", folder_sync)
+    monkeypatch.setattr(lifecycle, "record_block", recorded)
+    monkeypatch.setattr(lifecycle, "clear_blocks", cleared)
+    monkeypatch.setattr(os, "replace", renamed)
+    monkeypatch.setattr(lifecycle.Lease, "release", released)
+    yield log
+
+
+def on_disk_before(log: list[Event], at: int, path: Path, root: Path) -> bool:
+    """Whether ``path`` and its name in every folder up to ``root`` were synced before ``log[at]``
+    (each folder after the file, so that it holds the file's final name)."""
+    synced = [i for i, (kind, what) in enumerate(log[:at]) if kind == "file" and what[0] == str(path)]
+    if not synced:
+        return False
+    folders = [path.parent, *path.parent.parents]
+    folders = folders[: folders.index(root) + 1]
+    return all(
+        any(kind == "folder" and what == str(folder) for kind, what in log[synced[-1] : at]) for folder in folders
+    )
+
+
+def chunk_files(array: Any, root: Path, block: tuple[int, ...] | None = None) -> list[Path]:
+    """The storage files (chunks or shards) of a written array, or those of one block."""
+    stored = array.shards or array.chunks
+    if block is None:
+        grid = [range(-(-n // c)) for n, c in zip(array.shape, stored, strict=True)]
+    else:
+        grid = [
+            range(i * BLOCK // c, -(-min((i + 1) * BLOCK, n) // c))
+            for i, n, c in zip(block, array.shape, stored, strict=True)
+        ]
+    return [root / array.path / array.metadata.encode_chunk_key(c) for c in itertools.product(*grid)]
+
+
+OUTPUTS = {
+    "zarr": ("out.zarr", {}),
+    "zarr, 16² chunks": ("out.zarr", {"chunks": [16, 16]}),
+    "zarr, sharded": ("out.zarr", {"shards": True, "chunks": [16, 16]}),
+    "ome-zarr 0.5, pyramid": ("out.ome.zarr", {"pyramid": 1}),
+    "ome-zarr 0.4 (Zarr v2), pyramid": ("out.ome.zarr", {"pyramid": 1, "ngff_version": "0.4"}),
+}
+
+
+@pytest.mark.parametrize("kind", OUTPUTS)
+def test_a_block_is_recorded_and_an_output_marked_complete_only_once_their_data_is_on_the_disk(
+    tmp_path: Path, small: Path, events: list[Event], capsys: pytest.CaptureFixture[str], kind: str
+) -> None:
+    """Each record comes after its block's chunk (or shard) file and that file's name, in
+    every folder up to the output, were synced; the records are dropped only after the
+    metadata saying ``complete: true`` was synced, and every file of every level before it."""
+    name, options = OUTPUTS[kind]
+    out = tmp_path / name
+    code, _, err = invoke(capsys, "run", write_config(tmp_path, small, out, **options), "--quiet")
+    assert code == 0, err
+    node = zarr.open(str(out), mode="r")
+    level0 = node if isinstance(node, zarr.Array) else node["0"]
+    arrays = [level0] if isinstance(node, zarr.Array) else [level0, node["1"]]
+
+    records = [(i, what) for i, (kind_, what) in enumerate(events) if kind_ == "record"]
+    assert sorted(index for _, index in records) == sorted(itertools.product(range(3), range(3)))
+    for at, index in records:
+        files = chunk_files(level0, out, index)
+        assert len(files) == (4 if "16²" in kind else 1)
+        for chunk in files:
+            assert on_disk_before(events, at, chunk, out), f"block {index} recorded before {chunk} was on the disk"
+
+    cleared = [i for i, (kind_, _) in enumerate(events) if kind_ == "cleared"]
+    assert len(cleared) == 1
+    at = cleared[0]
+    for array in arrays:
+        for chunk in chunk_files(array, out):
+            assert on_disk_before(events, at, chunk, out), f"{chunk} not on the disk when the output was complete"
+    metadata = str(out / (".zattrs" if "0.4" in kind else "zarr.json"))
+    synced = [json.loads(what[1]) for kind_, what in events[:at] if kind_ == "file" and what[0] == metadata]
+    assert synced, "the completion mark was never synced"
+    assert synced[-1].get("attributes", synced[-1])["convpipe"]["complete"] is True
+    assert any(kind_ == "folder" and what == str(out.parent) for kind_, what in events[:at])
+
+
+def test_a_worker_process_syncs_a_block_before_it_records_it(
+    tmp_path: Path, small: Path, events: list[Event], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A block written in another process (a process pool, a dask.distributed worker) is
+    synced and recorded in that process, before its task returns."""
+    out = tmp_path / "out.zarr"
+    code, _, err = invoke(capsys, "run", write_config(tmp_path, small, out), "--quiet")
+    assert code == 0, err
+    events.clear()
+    spec = zarr_output.OutputSpec(zarr_output._at(str(out)), "another-run", driver_pid=os.getpid() + 1)
+    zarr_output.write_block(spec, (1, 2), ((32, 64), (64, 80)), np.ones((32, 16), np.float32))
+    assert [kind for kind, _ in events].index("record") == len(events) - 1  # nothing waits in the background
+    assert on_disk_before(events, len(events) - 1, out / "c" / "1" / "2", out)
+    assert np.all(zarr.open_array(str(out), mode="r")[32:64, 64:80] == 1)
+
+
+def test_a_chunk_the_disk_fails_to_sync_fails_the_run_and_stays_unrecorded(
+    tmp_path: Path,
+    small: Path,
+    events: list[Event],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An I/O error at the sync (a failing disk, or a full one on NFS, which reports it only
+    there) is one line, exit 1; the block is not recorded and the output stays incomplete,
+    so --resume writes that block again and the result equals an uninterrupted run."""
+    out = tmp_path / "out.zarr"
+    config = write_config(tmp_path, small, out)
+    reference = tmp_path / "reference.zarr"
+    code, _, err = invoke(capsys, "run", config, "--quiet", "--set", f"output.path={reference}")
+    assert code == 0, err
+    events.clear()
+    bad = str(out / "c" / "1" / "1")
+    logged = durable._DATASYNC
+
+    def failing(fd: int) -> None:
+        if os.readlink(f"/proc/self/fd/{fd}") == bad:
+            raise OSError(errno.EIO, "Input/output error")
+        logged(fd)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(durable, "_DATASYNC", failing)
+        code, _, err = invoke(capsys, "run", config, "--quiet")
+    assert code == 1, err
+    assert_one_line_error(err, f"output {out}: writing failed", "Input/output error", "the output is incomplete")
+    status = zarr_output.read_status(str(out))
+    assert status is not None and status["complete"] is False
+    assert (1, 1) not in zarr_output.written_blocks(str(out))
+    code, _, err = invoke(capsys, "run", config, "--resume", "--quiet")
+    assert code == 0, err
+    assert zarr_output.read_status(str(out))["complete"] is True
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
+
+
+def test_a_failed_run_lets_go_of_its_lease_only_after_its_flushes_under_way(
+    tmp_path: Path,
+    small: Path,
+    events: list[Event],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Blocks written before a run fails are still being synced and recorded in the
+    background; another run may take the output over once the lease is let go, and must not
+    see records appear afterwards for blocks it may have removed or be writing."""
+    out = tmp_path / "out.zarr"
+    slow, check = durable._DATASYNC, lifecycle.check_lease
+    calls = []
+
+    def slower(fd: int) -> None:
+        time.sleep(0.05)
+        slow(fd)
+
+    def failing_fifth(*args: Any) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(errno.EIO, "Input/output error")
+        check(*args)
+
+    monkeypatch.setattr(durable, "_DATASYNC", slower)
+    monkeypatch.setattr(lifecycle, "check_lease", failing_fifth)
+    code, _, err = invoke(capsys, "run", write_config(tmp_path, small, out), "--quiet", "--workers", "1")
+    assert code == 1, err
+    kinds = [kind for kind, _ in events]
+    assert kinds.count("released") == 1 and kinds.count("record") == 4
+    assert "record" not in kinds[kinds.index("released") :], "a block was recorded after the lease was let go"
+
+
+def test_a_geotiff_is_on_the_disk_before_it_takes_its_name(
+    tmp_path: Path, small: Path, events: list[Event], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The partial file is synced whole before it is renamed over the output, and the folder
+    after, so a power cut leaves the old file or the new one, never an empty one."""
+    out = tmp_path / "out.tif"
+    code, _, err = invoke(capsys, "run", write_config(tmp_path, small, out), "--quiet")
+    assert code == 0, err
+    tifffile.imread(out)
+    renames = [(i, what) for i, (kind, what) in enumerate(events) if kind == "replace" and what[1] == str(out)]
+    assert len(renames) == 1
+    at, (partial, _) = renames[0]
+    assert any(kind == "file" and what[0] == partial for kind, what in events[:at])
+    assert any(kind == "folder" and what == str(tmp_path) for kind, what in events[at:])
