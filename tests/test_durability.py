@@ -182,7 +182,7 @@ def test_a_worker_process_syncs_a_block_before_it_records_it(
     code, _, err = invoke(capsys, "run", write_config(tmp_path, small, out), "--quiet")
     assert code == 0, err
     events.clear()
-    spec = zarr_output.OutputSpec(zarr_output._at(str(out)), "another-run", driver_pid=os.getpid() + 1)
+    spec = zarr_output.OutputSpec(zarr_output._at(str(out)), "another-run", driver="another process")
     zarr_output.write_block(spec, (1, 2), ((32, 64), (64, 80)), np.ones((32, 16), np.float32))
     assert [kind for kind, _ in events].index("record") == len(events) - 1  # nothing waits in the background
     assert on_disk_before(events, len(events) - 1, out / "c" / "1" / "2", out)
@@ -274,3 +274,99 @@ def test_a_geotiff_is_on_the_disk_before_it_takes_its_name(
     at, (partial, _) = renames[0]
     assert any(kind == "file" and what[0] == partial for kind, what in events[:at])
     assert any(kind == "folder" and what == str(tmp_path) for kind, what in events[at:])
+
+
+def test_a_record_waiting_for_its_sync_checks_the_lease_again(
+    tmp_path: Path,
+    small: Path,
+    events: list[Event],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sync may take long; if the run lost its lease meanwhile (another run took the
+    output over), the block's chunk stays unrecorded and the writer is told, in the run's
+    own process (in the background) and in a worker process alike."""
+    out = tmp_path / "out.zarr"
+    code, _, err = invoke(capsys, "run", write_config(tmp_path, small, out), "--quiet")
+    assert code == 0, err
+    key = lifecycle.LeaseKey(prefix=zarr_output.LOCK_PREFIX, generation=0, token="ours")
+    checks: list[int] = []
+
+    def lost_after_the_write(*args: Any) -> None:
+        checks.append(1)
+        if len(checks) % 2 == 0:
+            raise lifecycle.LeaseLost("another run took the output over")
+
+    monkeypatch.setattr(lifecycle, "check_lease", lost_after_the_write)
+    for driver in ("another process", durable.this_process()):
+        events.clear()
+        spec = zarr_output.OutputSpec(zarr_output._at(str(out)), f"run-{len(checks)}", "", key, driver)
+        with pytest.raises(lifecycle.LeaseLost):
+            zarr_output.write_block(spec, (1, 2), ((32, 64), (64, 96)), np.full((32, 32), 7, np.float32))
+            durable.background.drain(spec.run_id)
+        assert np.all(zarr.open_array(str(out), mode="r")[32:64, 64:96] == 7)
+        assert [kind for kind, _ in events if kind == "record"] == [], driver
+
+
+def test_each_run_is_told_of_its_own_failed_syncs_only(tmp_path: Path) -> None:
+    """Two runs in one process (a notebook) share the background thread, not their errors: a
+    run whose sync failed is told so, at its next block or when it drains; the other run is
+    not, and marks its output complete."""
+    flusher = durable.Flusher()
+    good = tmp_path / "good"
+    good.write_bytes(b"data")
+    flusher.submit("a", [tmp_path / "missing"], tmp_path, lambda: None)
+    flusher.submit("b", [good], tmp_path, lambda: None)
+    flusher.drain("b")
+    with pytest.raises(FileNotFoundError):
+        flusher.drain("a")
+    flusher.drain("a")  # told once
+    flusher.submit("a", [tmp_path / "missing"], tmp_path, lambda: None)
+    flusher.wait("a")  # a failing run: waits, says nothing more
+    flusher.drain("a")
+
+
+def test_the_background_holds_only_a_few_blocks_at_once(tmp_path: Path) -> None:
+    """A disk slower than the blocks slows the blocks down, rather than leave an ever longer
+    queue for a stopping run to wait on."""
+    import threading
+
+    flusher = durable.Flusher(most=2)
+    release = threading.Event()
+    file = tmp_path / "chunk"
+    file.write_bytes(b"data")
+    for _ in range(2):
+        flusher.submit("run", [file], tmp_path, release.wait)
+    third = threading.Thread(target=flusher.submit, args=("run", [file], tmp_path, lambda: None))
+    third.start()
+    third.join(0.3)
+    assert third.is_alive(), "a third block was queued behind two that had not finished"
+    release.set()
+    third.join(10)
+    assert not third.is_alive()
+    flusher.drain("run")
+
+
+def test_a_second_ctrl_c_does_not_cut_the_wait_for_the_syncs_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lease is let go right after this wait: cut short, a record could still land after."""
+    from concurrent.futures import Future
+
+    flusher = durable.Flusher()
+    file = tmp_path / "chunk"
+    file.write_bytes(b"data")
+    recorded: list[int] = []
+    flusher.submit("run", [file], tmp_path, lambda: (time.sleep(0.2), recorded.append(1)))
+    exception, interrupts = Future.exception, [1]
+
+    def interrupted_once(self: Future[Any], timeout: float | None = None) -> BaseException | None:
+        if interrupts:
+            interrupts.pop()
+            raise KeyboardInterrupt
+        return exception(self, timeout)
+
+    monkeypatch.setattr(Future, "exception", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        flusher.wait("run")
+    assert recorded == [1]

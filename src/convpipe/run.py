@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -23,7 +24,7 @@ import numpy as np
 from convpipe.config import Config
 from convpipe.engine import computed_blocks, pyramid_graph, trial_block, write_graph
 from convpipe.errors import ConfigError, ConvpipeError, RunError
-from convpipe.io import durable, lifecycle, stores
+from convpipe.io import lifecycle, stores
 from convpipe.io.geotiff import GeoInfo
 from convpipe.io.inputs import InputSpec, forget_inputs, open_input
 from convpipe.io.output import BlockOutput, Output, StreamOutput, output_for
@@ -324,7 +325,7 @@ def run(
                 *_lock_store(target, writable=True), lease_seconds, **_waiting(out, resume or overwrite, notify)
             ) as lease,
             _writing(out),
-            _draining(durable.background.wait),  # ... and their chunks are on the disk
+            _draining(functools.partial(_settle, target)),  # ... and are on the disk and recorded
             _draining(scheduling.drain),  # the blocks in flight finish ...
         ):
             _check_alone(lease, seen, resume)
@@ -375,7 +376,7 @@ def _write_blocks(target: BlockOutput, job: _Job, *, keep: bool) -> tuple[int, i
     graph_seconds = time.perf_counter() - graph_start
     with _progress(job.progress, target.location, plan, target.count_written):
         written = graph.compute(**job.options) if todo else 0
-        durable.background.drain()  # every block on the disk and recorded: the count is whole
+        target.settle()  # every block on the disk and recorded: the count is whole
         # The pyramid, level by level from the one below; redone whole after a resume.
         for level in range(1, plan.storage.pyramid + 1):
             graph = pyramid_graph(plan, level, target.read_level, target.write_level, handle)
@@ -417,6 +418,11 @@ def _describe_holder(holder: dict[str, Any] | None) -> str | None:
         return None
     reason = f": {holder['reason']}" if holder.get("reason") else ""
     return f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}{reason}"
+
+
+def _settle(target: Output) -> None:
+    if not target.streamed:
+        cast(BlockOutput, target).settle(raise_errors=False)
 
 
 @contextlib.contextmanager

@@ -18,12 +18,26 @@ from __future__ import annotations
 
 import os
 import threading
+import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
-_DATASYNC = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
-_FADVISE = getattr(os, "posix_fadvise", None)  # nor posix_fadvise
+try:
+    from fcntl import F_FULLFSYNC, fcntl  # macOS: fsync leaves the data in the drive's cache
+except ImportError:
+    F_FULLFSYNC = None
+
+
+def _datasync(fd: int) -> None:
+    if F_FULLFSYNC is not None:
+        fcntl(fd, F_FULLFSYNC)
+    else:
+        getattr(os, "fdatasync", os.fsync)(fd)
+
+
+_DATASYNC = _datasync
+_FADVISE = getattr(os, "posix_fadvise", None)  # not on macOS
 
 
 def flush(files: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str]) -> None:
@@ -64,45 +78,87 @@ def sync_folder(folder: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def _new_process() -> None:
+    global _PROCESS
+    _PROCESS = uuid.uuid4().hex
+
+
+_PROCESS = ""
+_new_process()
+os.register_at_fork(after_in_child=_new_process)
+
+
+def this_process() -> str:
+    """This process, told apart from every other (pids repeat across hosts and containers,
+    and a forked child keeps its parent's memory): only the process that drains a flusher
+    may hand it work."""
+    return _PROCESS
+
+
 class Flusher:
     """Flushes in a thread of its own, then runs what waited for them (a block's record), so
-    the threads computing blocks never wait for the disk. Only the process that drains it
-    may use it: whatever it still holds when that process ends is lost."""
+    the threads computing blocks never wait for the disk. Each run's flushes are kept apart
+    (``owner``), so a run is told of its own failures only. At most ``most`` wait at a time:
+    past that a slow disk slows the blocks, and a run that stops has little to wait for."""
 
-    def __init__(self) -> None:
+    def __init__(self, most: int = 8) -> None:
         self._lock = threading.Lock()
+        self._room = threading.BoundedSemaphore(most)
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future[None]] = []
+        self._pending: dict[str, list[Future[None]]] = {}
 
     def submit(
-        self, files: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str], then: Callable[[], None]
+        self,
+        owner: str,
+        files: Iterable[str | os.PathLike[str]],
+        root: str | os.PathLike[str],
+        then: Callable[[], None],
     ) -> None:
         """Flush ``files`` (``flush``), then call ``then``; raises the error of an earlier
-        flush that failed, so a run stops at its next block rather than at its end."""
+        flush of ``owner`` that failed, so a run stops at its next block, not at its end."""
         with self._lock:
-            failed = next((future for future in self._pending if future.done() and future.exception()), None)
-            self._pending = [future for future in self._pending if not future.done()]
+            mine = self._pending.get(owner, [])
+            failed = next((future for future in mine if future.done() and future.exception()), None)
+            self._pending[owner] = [future for future in mine if not future.done() or future.exception()]
             if failed is not None:
+                self._pending[owner].remove(failed)
                 raise failed.exception()  # type: ignore[misc]
+        self._room.acquire()
+        with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="convpipe-flush")
-            self._pending.append(self._pool.submit(_flush_then, list(files), root, then))
+            future = self._pool.submit(_flush_then, list(files), root, then)
+            future.add_done_callback(lambda _: self._room.release())
+            self._pending.setdefault(owner, []).append(future)
 
-    def drain(self) -> None:
-        """Wait for every flush submitted so far; raise the first that failed."""
-        errors = self._wait()
+    def drain(self, owner: str) -> None:
+        """Wait for every flush ``owner`` submitted; raise the first that failed."""
+        errors = self._wait(owner)
         if errors:
             raise errors[0]
 
-    def wait(self) -> None:
-        """Wait for every flush submitted so far, whatever became of them (a run that fails
-        anyway: what failed to flush was not recorded, so a resume redoes it)."""
-        self._wait()
+    def wait(self, owner: str) -> None:
+        """Wait for every flush ``owner`` submitted, whatever became of them (for a run that
+        fails anyway: what failed to flush was not recorded, so a resume redoes it)."""
+        self._wait(owner)
 
-    def _wait(self) -> list[BaseException]:
+    def _wait(self, owner: str) -> list[BaseException]:
         with self._lock:
-            pending, self._pending = self._pending, []
-        return [error for future in pending if (error := future.exception()) is not None]
+            pending = self._pending.pop(owner, [])
+        errors: list[BaseException] = []
+        interrupted: KeyboardInterrupt | None = None
+        for future in pending:
+            while True:  # a second Ctrl-C must not cut this short: the lease goes next
+                try:
+                    error = future.exception()
+                    break
+                except KeyboardInterrupt as interrupt:
+                    interrupted = interrupt
+            if error is not None:
+                errors.append(error)
+        if interrupted is not None:
+            raise interrupted
+        return errors
 
 
 def _flush_then(files: list[str | os.PathLike[str]], root: str | os.PathLike[str], then: Callable[[], None]) -> None:

@@ -74,6 +74,11 @@ class BlockOutput(Output, Protocol):
 
     def count_written(self) -> int: ...
 
+    def settle(self, *, raise_errors: bool = True) -> None:
+        """Wait until every block written so far is safely stored and recorded; raise the
+        first failure, or with ``raise_errors=False`` (a run that fails anyway) none."""
+        ...
+
     def finish(self) -> None:
         """Every block is written: mark the output complete."""
         ...

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ class OutputSpec:
     run_id: str  # keys the per-process handle cache, so no run writes through a stale one
     array: str = ""  # the level-0 array inside the output ("0" in an OME-Zarr group)
     lease: lifecycle.LeaseKey | None = None  # checked before every block is written
-    driver_pid: int = 0  # the run's own process, which flushes writes in the background
+    driver: str = ""  # the run's own process (durable.this_process), which syncs in the background
 
 
 def _at(location: Location | str) -> Location:
@@ -138,13 +137,16 @@ METADATA_FILES = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
 
 
 def _flush_metadata(location: Location) -> None:
-    """The output's metadata (the group's and its arrays', one folder down) on a local disk."""
+    """The output's metadata (the group's and its arrays', one folder down) on a local disk,
+    and the names in its folders one level down: the block records a new output cleared
+    must not come back with it after a crash."""
     if not location.is_local:
         return
     root = Path(location.path)
-    found = [path for folder in (root, *root.iterdir()) for name in METADATA_FILES if (path := folder / name).is_file()]
-    durable.flush(found, root)
-    durable.sync_folder(root.parent)
+    folders = [root, *(entry for entry in root.iterdir() if entry.is_dir())]
+    durable.flush([path for folder in folders for name in METADATA_FILES if (path := folder / name).is_file()], root)
+    for folder in [*folders[1:], root.parent]:
+        durable.sync_folder(folder)
 
 
 def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict[str, Any]:
@@ -174,7 +176,7 @@ def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict
 
 def prepare(location: Location, format_name: str, lease: lifecycle.LeaseKey | None) -> OutputSpec:
     """The handle every writer uses for this run."""
-    return OutputSpec(location, uuid.uuid4().hex, level_path(format_name), lease, os.getpid())
+    return OutputSpec(location, uuid.uuid4().hex, level_path(format_name), lease, durable.this_process())
 
 
 @functools.lru_cache(maxsize=32)
@@ -203,10 +205,14 @@ def write_block(spec: OutputSpec, index: Sequence[int], bounds: Sequence[tuple[i
     target = store(spec.location)
     if spec.lease is not None:
         lifecycle.check_lease(target, spec.lease)
-    _write(spec, _open(spec, spec.array), bounds, data, functools.partial(_record, target, tuple(index)))
+    # On a disk the record waits for the sync, which may take long: check the lease again.
+    lease = spec.lease if spec.location.is_local else None
+    _write(spec, _open(spec, spec.array), bounds, data, functools.partial(_record, target, tuple(index), lease))
 
 
-def _record(target: Any, index: tuple[int, ...]) -> None:
+def _record(target: Any, index: tuple[int, ...], lease: lifecycle.LeaseKey | None) -> None:
+    if lease is not None:
+        lifecycle.check_lease(target, lease)  # never a record after the run let go of the output
     lifecycle.record_block(target, index, BLOCKS_PREFIX)
 
 
@@ -229,8 +235,8 @@ def _write(
     spans = [range(start // size, -(-stop // size)) for (start, stop), size in zip(bounds, stored, strict=True)]
     folder = Path(spec.location.path, array.path)
     files = [folder / array.metadata.encode_chunk_key(coords) for coords in itertools.product(*spans)]
-    if os.getpid() == spec.driver_pid:
-        durable.background.submit(files, spec.location.path, then)
+    if spec.driver == durable.this_process():
+        durable.background.submit(spec.run_id, files, spec.location.path, then)
     else:
         durable.flush(files, spec.location.path)
         then()
@@ -296,6 +302,7 @@ class ZarrOutput:
     def __init__(self, location: Location, format_name: str) -> None:
         self.location = location
         self.format = format_name
+        self._handle: OutputSpec | None = None
 
     def lock_place(self) -> tuple[Location, str]:
         return self.location, LOCK_PREFIX
@@ -335,11 +342,17 @@ class ZarrOutput:
         return set()
 
     def writer(self, lease: lifecycle.LeaseKey) -> OutputSpec:
-        return prepare(self.location, self.format, lease)
+        self._handle = prepare(self.location, self.format, lease)
+        return self._handle
+
+    def settle(self, *, raise_errors: bool = True) -> None:
+        if self._handle is not None:
+            settle = durable.background.drain if raise_errors else durable.background.wait
+            settle(self._handle.run_id)
 
     def count_written(self) -> int:
         return count_written(self.location)
 
     def finish(self) -> None:
-        durable.background.drain()  # every block's chunk on the disk, and recorded
+        self.settle()  # every block's chunks on the disk, and recorded
         mark_complete(self.location)
