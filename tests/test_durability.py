@@ -370,3 +370,13 @@ def test_a_second_ctrl_c_does_not_cut_the_wait_for_the_syncs_short(
     with pytest.raises(KeyboardInterrupt):
         flusher.wait("run")
     assert recorded == [1]
+
+
+def test_a_forked_worker_is_another_process_to_the_flusher() -> None:
+    """A process pool may fork the run's process: the child keeps the parent's memory, the
+    flusher included, but not its thread, so it must sync inline, as another process."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        child = pool.apply(durable.this_process)
+    assert child != durable.this_process()
