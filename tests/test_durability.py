@@ -56,8 +56,8 @@ def write_config(folder: Path, source: Path, output: Path, **options: Any) -> Pa
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Event]]:
     """The log: ("file", (path, bytes synced)), ("folder", path), ("record", index),
-    ("cleared", None), ("replace", (source, target)), ("released", None) for the lease, in
-    the order they happened."""
+    ("cleared", None), ("replace", (source, target)), ("released", None) for the lease,
+    ("drop", path) from the page cache, in the order they happened."""
     log: list[Event] = []
     datasync, fsync, record, clear, replace, release = (
         durable._DATASYNC,
@@ -72,6 +72,9 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Event]]:
         time.sleep(0.01)  # a slow disk: whatever waits for the sync must wait longer
         datasync(fd)
         log.append(("file", (os.readlink(f"/proc/self/fd/{fd}"), os.pread(fd, 1 << 16, 0))))
+
+    def dropped(fd: int, *args: Any) -> None:
+        log.append(("drop", os.readlink(f"/proc/self/fd/{fd}")))
 
     def folder_sync(fd: int) -> None:
         fsync(fd)
@@ -95,6 +98,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Event]]:
 
     monkeypatch.setattr(durable, "_DATASYNC", file_sync)
     monkeypatch.setattr(os, "fsync", folder_sync)
+    monkeypatch.setattr(durable, "_FADVISE", dropped)
     monkeypatch.setattr(lifecycle, "record_block", recorded)
     monkeypatch.setattr(lifecycle, "clear_blocks", cleared)
     monkeypatch.setattr(os, "replace", renamed)
@@ -171,6 +175,10 @@ def test_a_block_is_recorded_and_an_output_marked_complete_only_once_their_data_
     assert synced, "the completion mark was never synced"
     assert synced[-1].get("attributes", synced[-1])["convpipe"]["complete"] is True
     assert any(kind_ == "folder" and what == str(out.parent) for kind_, what in events[:at])
+    # Out of the page cache once synced, unless a pyramid level reads it again.
+    dropped = {Path(what) for kind_, what in events if kind_ == "drop"}
+    written = {chunk for array in arrays for chunk in chunk_files(array, out)}
+    assert dropped & written == (set() if "pyramid" in kind else written)
 
 
 def test_a_worker_process_syncs_a_block_before_it_records_it(

@@ -7,11 +7,11 @@ reached the disk first would then vouch for a chunk that is not there. So each f
 (``fdatasync``), and each folder from its own up to the output's root, so that its name
 survives too. Object stores need none of this: a put is durable when it returns.
 
-A synced file is also dropped from the page cache. The run does not read its output again
-(a pyramid level reads the one below it once), and an output far larger than memory would
-only push the input and everything else out of the cache; the pages it frees are reused for
-the next block's writes, which is cheaper than taking fresh ones, most of all on a virtual
-machine that hands free memory back to its host.
+A synced file is also dropped from the page cache, unless the run reads it again (an OME-Zarr
+pyramid reads each level to make the next): an output far larger than memory would only push
+the input and everything else out of the cache, and the pages it frees are reused for the
+next block's writes, which is cheaper than taking fresh ones, most of all on a virtual machine
+that hands free memory back to its host.
 """
 
 from __future__ import annotations
@@ -40,13 +40,14 @@ _DATASYNC = _datasync
 _FADVISE = getattr(os, "posix_fadvise", None)  # not on macOS
 
 
-def flush(files: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str]) -> None:
-    """Put ``files`` and their names, in every folder up to and including ``root``, on the disk."""
+def flush(files: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str], *, drop: bool = True) -> None:
+    """Put ``files`` and their names, in every folder up to and including ``root``, on the disk;
+    ``drop``: and out of the page cache (not for what the run reads again)."""
     root = Path(root)
     folders: set[Path] = set()
     for file in files:
         path = Path(file)
-        _sync_file(path)
+        _sync_file(path, drop)
         folder = path.parent
         while folder not in folders:
             folders.add(folder)
@@ -57,11 +58,11 @@ def flush(files: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str])
         sync_folder(folder)
 
 
-def _sync_file(path: Path) -> None:
+def _sync_file(path: Path, drop: bool) -> None:
     fd = os.open(path, os.O_RDONLY if os.name != "nt" else os.O_RDWR)
     try:
         _DATASYNC(fd)
-        if _FADVISE is not None:
+        if drop and _FADVISE is not None:
             _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
@@ -113,6 +114,8 @@ class Flusher:
         files: Iterable[str | os.PathLike[str]],
         root: str | os.PathLike[str],
         then: Callable[[], None],
+        *,
+        drop: bool = True,
     ) -> None:
         """Flush ``files`` (``flush``), then call ``then``; raises the error of an earlier
         flush of ``owner`` that failed, so a run stops at its next block, not at its end."""
@@ -127,7 +130,7 @@ class Flusher:
         with self._lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="convpipe-flush")
-            future = self._pool.submit(_flush_then, list(files), root, then)
+            future = self._pool.submit(_flush_then, list(files), root, then, drop)
             future.add_done_callback(lambda _: self._room.release())
             self._pending.setdefault(owner, []).append(future)
 
@@ -161,8 +164,10 @@ class Flusher:
         return errors
 
 
-def _flush_then(files: list[str | os.PathLike[str]], root: str | os.PathLike[str], then: Callable[[], None]) -> None:
-    flush(files, root)
+def _flush_then(
+    files: list[str | os.PathLike[str]], root: str | os.PathLike[str], then: Callable[[], None], drop: bool
+) -> None:
+    flush(files, root, drop=drop)
     then()
 
 

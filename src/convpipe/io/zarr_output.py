@@ -61,6 +61,7 @@ class OutputSpec:
     array: str = ""  # the level-0 array inside the output ("0" in an OME-Zarr group)
     lease: lifecycle.LeaseKey | None = None  # checked before every block is written
     driver: str = ""  # the run's own process (durable.this_process), which syncs in the background
+    reread: bool = False  # the run reads what it wrote (a pyramid): keep it in the page cache
 
 
 def _at(location: Location | str) -> Location:
@@ -174,9 +175,11 @@ def _array_options(plan: Plan, shape: tuple[int, ...], zarr_format: int) -> dict
     return options
 
 
-def prepare(location: Location, format_name: str, lease: lifecycle.LeaseKey | None) -> OutputSpec:
+def prepare(
+    location: Location, format_name: str, lease: lifecycle.LeaseKey | None, *, reread: bool = False
+) -> OutputSpec:
     """The handle every writer uses for this run."""
-    return OutputSpec(location, uuid.uuid4().hex, level_path(format_name), lease, durable.this_process())
+    return OutputSpec(location, uuid.uuid4().hex, level_path(format_name), lease, durable.this_process(), reread)
 
 
 @functools.lru_cache(maxsize=32)
@@ -236,9 +239,9 @@ def _write(
     folder = Path(spec.location.path, array.path)
     files = [folder / array.metadata.encode_chunk_key(coords) for coords in itertools.product(*spans)]
     if spec.driver == durable.this_process():
-        durable.background.submit(spec.run_id, files, spec.location.path, then)
+        durable.background.submit(spec.run_id, files, spec.location.path, then, drop=not spec.reread)
     else:
-        durable.flush(files, spec.location.path)
+        durable.flush(files, spec.location.path, drop=not spec.reread)
         then()
 
 
@@ -303,6 +306,7 @@ class ZarrOutput:
         self.location = location
         self.format = format_name
         self._handle: OutputSpec | None = None
+        self._pyramid = False  # known at begin()
 
     def lock_place(self) -> tuple[Location, str]:
         return self.location, LOCK_PREFIX
@@ -332,6 +336,7 @@ class ZarrOutput:
     def begin(
         self, plan: Plan, record: dict[str, Any], extra: dict[str, Any], name: str, *, keep: bool
     ) -> set[tuple[int, ...]]:
+        self._pyramid = plan.storage.pyramid > 0
         if keep:
             remove_partial_writes(self.location)
             done = written_blocks(self.location)
@@ -342,7 +347,7 @@ class ZarrOutput:
         return set()
 
     def writer(self, lease: lifecycle.LeaseKey) -> OutputSpec:
-        self._handle = prepare(self.location, self.format, lease)
+        self._handle = prepare(self.location, self.format, lease, reread=self._pyramid)
         return self._handle
 
     def settle(self, *, raise_errors: bool = True) -> None:
