@@ -381,6 +381,7 @@ def _write_blocks(target: BlockOutput, job: _Job, *, keep: bool) -> tuple[int, i
         for level in range(1, plan.storage.pyramid + 1):
             graph = pyramid_graph(plan, level, target.read_level, target.write_level, handle)
             graph.compute(**job.options)
+    target.settle()  # the pyramid's levels on the disk too
     job.lease.renew()  # still ours: no other run took over while the blocks were written
     target.finish()
     return int(written), len(done), graph_seconds

@@ -31,9 +31,12 @@ except ImportError:
 
 def _datasync(fd: int) -> None:
     if F_FULLFSYNC is not None:
-        fcntl(fd, F_FULLFSYNC)
-    else:
-        getattr(os, "fdatasync", os.fsync)(fd)
+        try:
+            fcntl(fd, F_FULLFSYNC)
+            return
+        except OSError:  # some filesystems (SMB, FUSE) refuse it: as SQLite does, fall back
+            pass
+    getattr(os, "fdatasync", os.fsync)(fd)
 
 
 _DATASYNC = _datasync
@@ -127,12 +130,16 @@ class Flusher:
                 self._pending[owner].remove(failed)
                 raise failed.exception()  # type: ignore[misc]
         self._room.acquire()
-        with self._lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="convpipe-flush")
-            future = self._pool.submit(_flush_then, list(files), root, then, drop)
-            future.add_done_callback(lambda _: self._room.release())
-            self._pending.setdefault(owner, []).append(future)
+        try:
+            with self._lock:
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(1, thread_name_prefix="convpipe-flush")
+                future = self._pool.submit(_flush_then, list(files), root, then, drop)
+                self._pending.setdefault(owner, []).append(future)
+        except BaseException:
+            self._room.release()
+            raise
+        future.add_done_callback(lambda _: self._room.release())
 
     def drain(self, owner: str) -> None:
         """Wait for every flush ``owner`` submitted; raise the first that failed."""
