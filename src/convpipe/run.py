@@ -325,8 +325,10 @@ def run(
                 *_lock_store(target, writable=True), lease_seconds, **_waiting(out, resume or overwrite, notify)
             ) as lease,
             _writing(out),
-            _draining(functools.partial(_settle, target)),  # ... and are on the disk and recorded
-            _draining(scheduling.drain),  # the blocks in flight finish ...
+            # On the way out (bottom up): the blocks in flight finish, then their chunks'
+            # syncs and records, then the lease is let go.
+            _draining(functools.partial(_settle, target)),
+            _draining(scheduling.drain),
         ):
             _check_alone(lease, seen, resume)
             status = target.read_status() if resume else None  # again, now that the output is ours
