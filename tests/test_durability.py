@@ -61,7 +61,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Event]]:
     ("drop", path) from the page cache, in the order they happened."""
     log: list[Event] = []
     datasync, fsync, record, clear, replace, release = (
-        durable._DATASYNC,
+        durable._datasync,
         os.fsync,
         lifecycle.record_block,
         lifecycle.clear_blocks,
@@ -97,7 +97,7 @@ def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Event]]:
         replace(source, target, *args, **kwargs)
         log.append(("replace", (os.fspath(source), os.fspath(target))))
 
-    monkeypatch.setattr(durable, "_DATASYNC", file_sync)
+    monkeypatch.setattr(durable, "_datasync", file_sync)
     monkeypatch.setattr(os, "fsync", folder_sync)
     monkeypatch.setattr(durable, "_FADVISE", dropped)
     monkeypatch.setattr(lifecycle, "record_block", recorded)
@@ -215,7 +215,7 @@ def test_a_chunk_the_disk_fails_to_sync_fails_the_run_and_stays_unrecorded(
     assert code == 0, err
     events.clear()
     bad = str(out / "c" / "1" / "1")
-    logged = durable._DATASYNC
+    logged = durable._datasync
 
     def failing(fd: int) -> None:
         if os.readlink(f"/proc/self/fd/{fd}") == bad:
@@ -223,7 +223,7 @@ def test_a_chunk_the_disk_fails_to_sync_fails_the_run_and_stays_unrecorded(
         logged(fd)
 
     with monkeypatch.context() as patch:
-        patch.setattr(durable, "_DATASYNC", failing)
+        patch.setattr(durable, "_datasync", failing)
         code, _, err = invoke(capsys, "run", config, "--quiet")
     assert code == 1, err
     assert_one_line_error(err, f"output {out}: writing failed", "Input/output error", "the output is incomplete")
@@ -247,7 +247,7 @@ def test_a_failed_run_lets_go_of_its_lease_only_after_its_flushes_under_way(
     background; another run may take the output over once the lease is let go, and must not
     see records appear afterwards for blocks it may have removed or be writing."""
     out = tmp_path / "out.zarr"
-    slow, check = durable._DATASYNC, lifecycle.check_lease
+    slow, check = durable._datasync, lifecycle.check_lease
     calls = []
 
     def slower(fd: int) -> None:
@@ -263,7 +263,7 @@ def test_a_failed_run_lets_go_of_its_lease_only_after_its_flushes_under_way(
             raise OSError(errno.EIO, "Input/output error")
         check(*args)
 
-    monkeypatch.setattr(durable, "_DATASYNC", slower)
+    monkeypatch.setattr(durable, "_datasync", slower)
     monkeypatch.setattr(lifecycle, "check_lease", failing_fifth)
     code, _, err = invoke(capsys, "run", write_config(tmp_path, small, out), "--quiet", "--workers", "1")
     assert code == 1, err

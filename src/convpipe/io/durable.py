@@ -39,7 +39,6 @@ def _datasync(fd: int) -> None:
     getattr(os, "fdatasync", os.fsync)(fd)
 
 
-_DATASYNC = _datasync
 _FADVISE = getattr(os, "posix_fadvise", None)  # not on macOS
 
 
@@ -64,7 +63,7 @@ def flush(files: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str],
 def _sync_file(path: Path, drop: bool) -> None:
     fd = os.open(path, os.O_RDONLY if os.name != "nt" else os.O_RDWR)
     try:
-        _DATASYNC(fd)
+        _datasync(fd)
         if drop and _FADVISE is not None:
             _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:

@@ -145,8 +145,9 @@ def _flush_metadata(location: Location) -> None:
         return
     root = Path(location.path)
     folders = [root, *(entry for entry in root.iterdir() if entry.is_dir())]
-    durable.flush([path for folder in folders for name in METADATA_FILES if (path := folder / name).is_file()], root)
-    for folder in [*folders[1:], root.parent]:
+    metadata = [path for folder in folders for name in METADATA_FILES if (path := folder / name).is_file()]
+    durable.flush(metadata, root)  # and the folders that hold them
+    for folder in {*folders, root.parent} - {path.parent for path in metadata}:
         durable.sync_folder(folder)
 
 
