@@ -408,9 +408,9 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
 
     peak = [0]
     done = threading.Event()
-    with tempfile.TemporaryFile() as err:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
         ps = psutil.Process(proc.pid)
 
         def poll() -> None:
@@ -425,6 +425,8 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
         wall = time.perf_counter() - start
         done.set()
         thread.join()
+        out.seek(0)
+        stdout = out.read().decode(errors="replace")
         err.seek(0)
         stderr = err.read().decode(errors="replace")
     return {
@@ -433,6 +435,7 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict[str, Any]:
         "sys_s": usage.ru_stime,
         "peak_rss": peak[0],
         "returncode": code,
+        "stdout_tail": stdout[-2000:],
         "stderr_tail": stderr[-2000:],
     }
 
@@ -944,15 +947,15 @@ def scale(
             warm(src)
             remove(dst)
             settle(settle_s)
-            cmd = [sys.executable, "-c", CONVPIPE_CLI, "run", str(config), "--overwrite"]
+            # --json: the run's own seconds to the millisecond (its summary line rounds them)
+            cmd = [sys.executable, "-c", CONVPIPE_CLI, "run", str(config), "--overwrite", "--json"]
             result = measure(cmd, dict(os.environ))
             remove(dst)
             if result["returncode"]:
                 print(result["stderr_tail"])
                 return 1
-            found = re.search(r"(\d+) blocks? in ([\d.]+) s(?: \(task graph ([\d.]+) s\))?", result["stderr_tail"])
-            # the summary shows the graph's build time only when it is noticeable (README, "Commands")
-            blocks, run_s, graph_s = (int(found[1]), float(found[2]), float(found[3] or 0)) if found else (0, 0.0, 0.0)
+            summary = json.loads(result["stdout_tail"].strip().splitlines()[-1])
+            blocks, run_s, graph_s = summary["blocks_written"], summary["seconds"], summary["graph_seconds"]
             runs[side].append((blocks, result["wall_s"], result["peak_rss"], graph_s, run_s))
             print(f"  {gib:g} GiB ({side}²): {result['wall_s']:.1f} s, {result['peak_rss'] / 1e9:.2f} GB", flush=True)
     print(
