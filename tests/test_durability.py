@@ -399,3 +399,52 @@ def test_a_forked_worker_is_another_process_to_the_flusher() -> None:
     with multiprocessing.get_context("fork").Pool(1) as pool:
         child = pool.apply(durable.this_process)
     assert child != durable.this_process()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_block_of_many_chunks_is_synced_whole_within_the_open_file_limit(tmp_path: Path, events: list[Event]) -> None:
+    """Small chunks in a large block: a flush opens its files in batches (their writeback is
+    started together), yet every file and every folder up to the root is synced, and nothing
+    stays open."""
+    files = []
+    for index in range(2 * durable.BATCH + 3):
+        file = tmp_path / "c" / str(index % 3) / str(index)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(index.to_bytes(2, "little"))
+        files.append(file)
+    before = open_descriptors()
+    durable.flush(files, tmp_path)
+    assert open_descriptors() == before
+    synced = [Path(entry[0]) for kind, entry in events if kind == "file"]
+    assert sorted(synced) == sorted(files)
+    folders = [Path(path) for kind, path in events if kind == "folder"]
+    assert sorted(folders) == sorted({tmp_path, tmp_path / "c", *(file.parent for file in files)})
+    assert events.index(("folder", str(tmp_path))) > max(i for i, (kind, _) in enumerate(events) if kind == "file")
+
+
+def test_a_sync_failing_in_a_batch_is_raised_and_closes_every_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The block is then not recorded (resume writes it again), and a long run that meets a
+    bad disk again and again does not run out of file descriptors."""
+    files = []
+    for index in range(durable.BATCH + 10):
+        files.append(tmp_path / f"chunk{index}")
+        files[-1].write_bytes(b"data")
+    datasync, calls = durable._datasync, [0]
+
+    def failing_on_the_fifth(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == 5:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        datasync(fd)
+
+    monkeypatch.setattr(durable, "_datasync", failing_on_the_fifth)
+    before = open_descriptors()
+    with pytest.raises(OSError, match="Input/output error"):
+        durable.flush(files, tmp_path)
+    assert open_descriptors() == before
+    assert calls[0] == 5  # nothing after the failure is synced: the flush has failed
