@@ -236,6 +236,58 @@ def test_a_chunk_the_disk_fails_to_sync_fails_the_run_and_stays_unrecorded(
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
 
 
+def test_a_mark_the_disk_fails_to_sync_is_not_called_an_incomplete_output(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every block is synced before the completion mark is written: if the mark's own sync then
+    fails, the run fails (exit 1) and says what holds, the data is there and reads as complete,
+    and a crash could take the mark back, which --resume then puts right."""
+    out = tmp_path / "out.zarr"
+    config = write_config(tmp_path, small, out)
+    reference = tmp_path / "reference.zarr"
+    assert invoke(capsys, "run", config, "--quiet", "--set", f"output.path={reference}")[0] == 0
+    flush_metadata = zarr_output._flush_metadata
+
+    def failing_on_the_mark(location: Any) -> None:
+        if (zarr_output.read_status(location) or {}).get("complete"):
+            raise OSError(errno.EIO, "Input/output error")
+        flush_metadata(location)
+
+    monkeypatch.setattr(zarr_output, "_flush_metadata", failing_on_the_mark)
+    code, _, err = invoke(capsys, "run", config, "--quiet")
+    assert code == 1, err
+    assert_one_line_error(
+        err, f"output {out}: every block is written and on the disk", "Input/output error", "--resume"
+    )
+    assert "incomplete output" not in err and "the output is incomplete" not in err
+    assert zarr_output.read_status(str(out))["complete"] is True
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
+
+
+def test_a_geotiff_whose_folder_fails_to_sync_is_reported_as_written(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is whole on the disk and published; only its name may not survive a crash."""
+    out = tmp_path / "out.tif"
+    config = write_config(tmp_path, small, out)
+    reference = tmp_path / "reference.tif"
+    assert invoke(capsys, "run", config, "--quiet", "--set", f"output.path={reference}")[0] == 0
+    sync_folder = durable.sync_folder
+
+    def failing_after_the_rename(folder: Any) -> None:
+        if out.exists():
+            raise OSError(errno.EIO, "Input/output error")
+        sync_folder(folder)
+
+    monkeypatch.setattr(durable, "sync_folder", failing_after_the_rename)
+    code, _, err = invoke(capsys, "run", config, "--quiet")
+    assert code == 1, err
+    assert_one_line_error(err, f"output {out}: the file is written and on the disk", "Input/output error")
+    assert "incomplete" not in err
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(reference))
+    assert not list(tmp_path.glob("*.partial"))
+
+
 def test_a_failed_run_lets_go_of_its_lease_only_after_its_flushes_under_way(
     tmp_path: Path,
     small: Path,

@@ -447,10 +447,7 @@ def _writing(out: stores.Location) -> Iterator[None]:
     except Exception as error:
         if not stores.is_store_error(error):
             raise
-        if isinstance(error, OSError):
-            detail = stores.redact(str(error))
-        else:  # obstore's errors run to many lines, with request details: one readable line
-            detail = stores.describe_error(out, error).removeprefix(f"{out.display}: ")
+        detail = stores.error_detail(out, error)
         raise RunError(f"output {out}: writing failed ({detail}); the output is incomplete") from None
 
 

@@ -83,7 +83,14 @@ def staged(location: Location, size_estimate: int) -> Iterator[Path]:
             yield partial
             durable.flush([partial], partial.parent)  # the whole file on the disk before its name
             os.replace(partial, location.path)
-            durable.sync_folder(partial.parent)
+            try:
+                durable.sync_folder(partial.parent)  # its name, too
+            except OSError as error:  # not "incomplete": the file is whole, and published
+                raise RunError(
+                    f"output {location}: the file is written and on the disk, but syncing its folder failed "
+                    f"({stores.error_detail(location, error)}): after a crash it may be missing, or be the "
+                    "file it replaced; then run again"
+                ) from None
         finally:
             partial.unlink(missing_ok=True)
         return

@@ -901,6 +901,15 @@ def _endpoint_of(location: Location, text: str) -> str:
     return settings.get("endpoint") or _env_endpoint(location.scheme) or f"{location.scheme}://{location.bucket}"
 
 
+def error_detail(location: Location, error: BaseException) -> str:
+    """What went wrong, in a few redacted words for a message about ``location``: an OS error's
+    own text, or the reason ``describe_error`` gives for an obstore one (whose text runs to
+    many lines, with request details)."""
+    if isinstance(error, OSError):
+        return redact(str(error))
+    return describe_error(location, error).removeprefix(f"{location.display}: ")
+
+
 def redact(text: str) -> str:
     """Text with every known secret value replaced by ``***`` and URL userinfo and query strings removed."""
     with _SECRETS_LOCK:

@@ -278,8 +278,23 @@ def mark_complete(location: Location | str) -> None:
     attributes = dict(node.attrs["convpipe"])
     attributes["complete"] = True
     node.attrs["convpipe"] = attributes
-    _flush_metadata(_at(location))  # every chunk is on the disk already (_write)
-    lifecycle.clear_blocks(target, BLOCKS_PREFIX)
+    try:
+        _flush_metadata(_at(location))  # every chunk is on the disk already (_write)
+        lifecycle.clear_blocks(target, BLOCKS_PREFIX)
+    except Exception as error:
+        if not stores.is_store_error(error):
+            raise
+        raise RunError(_finishing_failed(_at(location), error)) from None
+
+
+def _finishing_failed(location: Location, error: BaseException) -> str:
+    """Not "the output is incomplete": every block is on the disk by then, and the output reads
+    as complete, but a crash may yet take the mark (or the rename) back."""
+    return (
+        f"output {location}: every block is written and on the disk, but finishing the output failed "
+        f"({stores.error_detail(location, error)}): after a crash it may read as incomplete, "
+        "which --resume finishes"
+    )
 
 
 def read_status(location: Location | str) -> dict[str, Any] | None:
