@@ -75,7 +75,6 @@ import json
 import math
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -976,11 +975,18 @@ def scale(
         )
     if len(rows) > 1:
         print(f"\npeak RSS, largest vs smallest input: {rows[-1][0] / rows[0][0]:.2f}x")
-        for k, what in ((1, "wall (start-up and imports included)"), (2, "run (from the run's own summary)")):
+        for k, what in ((1, "wall (start-up and imports included)"), (2, "run (the run's own seconds, from --json)")):
             per = [row[k] for row in rows]
             middle = statistics.median(per)
             spread = max(abs(v / middle - 1) for v in per)
-            print(f"time per pixel, {what}: {min(per):.2f}-{max(per):.2f} ns, ±{100 * spread:.0f} % of the median")
+            print(f"time per pixel, {what}: {min(per):.2f}-{max(per):.2f} ns, ±{100 * spread:.1f} % of the median")
+        # A cost paid once per run (the process's first pages, the output's creation, the last
+        # syncs) weighs on small images alone: the least-squares line tells it from the rest.
+        pixels = [side * side for _, side, *_ in inputs]
+        seconds = [statistics.median(r[4] for r in runs[side]) for _, side, *_ in inputs]
+        slope, fixed = statistics.linear_regression(pixels, seconds)
+        worst = max(abs(s / (fixed + slope * p) - 1) for p, s in zip(pixels, seconds, strict=True))
+        print(f"run time ≈ {fixed:.3f} s + {1e9 * slope:.2f} ns per pixel (each size within {100 * worst:.1f} %)")
     return 0
 
 
