@@ -984,6 +984,8 @@ def scale(
         # syncs) weighs on small images alone: the least-squares line tells it from the rest.
         pixels = [side * side for _, side, *_ in inputs]
         seconds = [statistics.median(r[4] for r in runs[side]) for _, side, *_ in inputs]
+        if len(set(pixels)) < 2:
+            return 0
         slope, fixed = statistics.linear_regression(pixels, seconds)
         worst = max(abs(s / (fixed + slope * p) - 1) for p, s in zip(pixels, seconds, strict=True))
         print(f"run time ≈ {fixed:.3f} s + {1e9 * slope:.2f} ns per pixel (each size within {100 * worst:.1f} %)")

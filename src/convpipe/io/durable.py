@@ -16,6 +16,7 @@ that hands free memory back to its host.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
@@ -62,24 +63,9 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
 def _start_writeback(fd: int) -> None:
     start = _sync_file_range()
     if start is not None:
-        start(fd, 0, 0, 2)  # SYNC_FILE_RANGE_WRITE: the whole file; errors are the sync's to report
-
-
-def start_writeback(files: Iterable[str | os.PathLike[str]]) -> None:
-    """Have the kernel start writing ``files`` out, without waiting: the sync that follows then
-    waits for less, and files started together reach the disk together (README, "Performance").
-    What cannot be opened is left for that sync to report."""
-    if _sync_file_range() is None:
-        return
-    for file in files:
-        try:
-            fd = os.open(file, _READ)
-        except OSError:
-            continue
-        try:
-            _start_writeback(fd)
-        finally:
-            os.close(fd)
+        # SYNC_FILE_RANGE_WRITE, the whole file: started for every file of a batch before the
+        # first is waited for, the disk takes them together; errors are the sync's to report.
+        start(fd, 0, 0, 2)
 
 
 def flush(files: Iterable[str | os.PathLike[str]], root: str | os.PathLike[str], *, drop: bool = True) -> None:
@@ -113,7 +99,8 @@ def _sync_files(paths: list[Path], drop: bool) -> None:
                 _FADVISE(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         for fd in descriptors:
-            os.close(fd)
+            with contextlib.suppress(OSError):  # the others are closed too, and the first error kept
+                os.close(fd)
 
 
 def sync_folder(folder: str | os.PathLike[str]) -> None:
@@ -174,8 +161,6 @@ class Flusher:
             if failed is not None:
                 self._pending[owner].remove(failed)
                 raise failed.exception()  # type: ignore[misc]
-        files = list(files)
-        start_writeback(files)  # the disk works while the block waits its turn
         self._room.acquire()
         try:
             with self._lock:

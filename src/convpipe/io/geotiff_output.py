@@ -89,7 +89,7 @@ def staged(location: Location, size_estimate: int) -> Iterator[Path]:
                 raise RunError(
                     f"output {location}: the file is written and on the disk, but syncing its folder failed "
                     f"({stores.error_detail(location, error)}): after a crash it may be missing, or be the "
-                    "file it replaced; then run again"
+                    "file it replaced; then run again with --overwrite"
                 ) from None
         finally:
             partial.unlink(missing_ok=True)
