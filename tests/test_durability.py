@@ -54,6 +54,13 @@ def write_config(folder: Path, source: Path, output: Path, **options: Any) -> Pa
     return path
 
 
+def uninterrupted(capsys: pytest.CaptureFixture[str], config: Path, path: Path) -> Path:
+    """The output the config gives at ``path`` when nothing fails: what a failed run must equal."""
+    code, _, err = invoke(capsys, "run", config, "--quiet", "--set", f"output.path={path}")
+    assert code == 0, err
+    return path
+
+
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[Event]]:
     """The log: ("file", (path, bytes synced)), ("folder", path), ("record", index),
@@ -210,9 +217,7 @@ def test_a_chunk_the_disk_fails_to_sync_fails_the_run_and_stays_unrecorded(
     so --resume writes that block again and the result equals an uninterrupted run."""
     out = tmp_path / "out.zarr"
     config = write_config(tmp_path, small, out)
-    reference = tmp_path / "reference.zarr"
-    code, _, err = invoke(capsys, "run", config, "--quiet", "--set", f"output.path={reference}")
-    assert code == 0, err
+    reference = uninterrupted(capsys, config, tmp_path / "reference.zarr")
     events.clear()
     bad = str(out / "c" / "1" / "1")
     logged = durable._datasync
@@ -244,8 +249,7 @@ def test_a_mark_the_disk_fails_to_sync_is_not_called_an_incomplete_output(
     and a crash could take the mark back, which --resume then puts right."""
     out = tmp_path / "out.zarr"
     config = write_config(tmp_path, small, out)
-    reference = tmp_path / "reference.zarr"
-    assert invoke(capsys, "run", config, "--quiet", "--set", f"output.path={reference}")[0] == 0
+    reference = uninterrupted(capsys, config, tmp_path / "reference.zarr")
     flush_metadata = zarr_output._flush_metadata
 
     def failing_on_the_mark(location: Any) -> None:
@@ -270,8 +274,7 @@ def test_a_geotiff_whose_folder_fails_to_sync_is_reported_as_written(
     """The file is whole on the disk and published; only its name may not survive a crash."""
     out = tmp_path / "out.tif"
     config = write_config(tmp_path, small, out)
-    reference = tmp_path / "reference.tif"
-    assert invoke(capsys, "run", config, "--quiet", "--set", f"output.path={reference}")[0] == 0
+    reference = uninterrupted(capsys, config, tmp_path / "reference.tif")
     sync_folder = durable.sync_folder
 
     def failing_after_the_rename(folder: Any) -> None:
