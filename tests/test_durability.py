@@ -246,7 +246,7 @@ def test_a_mark_the_disk_fails_to_sync_is_not_called_an_incomplete_output(
 ) -> None:
     """Every block is synced before the completion mark is written: if the mark's own sync then
     fails, the run fails (exit 1) and says what holds, the data is there and reads as complete,
-    and a crash could take the mark back, which --resume then puts right."""
+    and --resume, as the message says, syncs the mark and clears the block records."""
     out = tmp_path / "out.zarr"
     config = write_config(tmp_path, small, out)
     reference = uninterrupted(capsys, config, tmp_path / "reference.zarr")
@@ -257,13 +257,63 @@ def test_a_mark_the_disk_fails_to_sync_is_not_called_an_incomplete_output(
             raise OSError(errno.EIO, "Input/output error")
         flush_metadata(location)
 
-    monkeypatch.setattr(zarr_output, "_flush_metadata", failing_on_the_mark)
-    code, _, err = invoke(capsys, "run", config, "--quiet")
+    with monkeypatch.context() as patch:
+        patch.setattr(zarr_output, "_flush_metadata", failing_on_the_mark)
+        code, _, err = invoke(capsys, "run", config, "--quiet")
     assert code == 1, err
     assert_one_line_error(
-        err, f"output {out}: every block is written and on the disk", "Input/output error", "--resume"
+        err,
+        f"output {out}: every block is written and on the disk",
+        "Input/output error",
+        "run again with --resume to finish it",
     )
     assert "incomplete output" not in err and "the output is incomplete" not in err
+    assert zarr_output.read_status(str(out))["complete"] is True
+    assert zarr_output.count_written(str(out)) > 0  # the records were to go after the mark's sync
+
+    flushed: list[Path] = []
+    flush = durable.flush
+    monkeypatch.setattr(
+        durable, "flush", lambda files, *a, **k: flushed.extend(map(Path, files)) or flush(files, *a, **k)
+    )
+    code, _, err = invoke(capsys, "run", config, "--resume")
+    assert code == 0, err
+    assert "already complete" in err
+    assert out / "zarr.json" in flushed  # the mark, on the disk this time
+    assert zarr_output.count_written(str(out)) == 0
+    assert zarr_output.read_status(str(out))["complete"] is True
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
+
+
+def test_resume_of_a_complete_output_waits_for_the_lease_before_it_clears_records(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Records left on a complete output are cleared only under its lease: a run that holds it
+    (one that began replacing the output) is waited for, and what it wrote is then resumed,
+    not cleared as leftovers."""
+    out = tmp_path / "out.zarr"
+    config = write_config(tmp_path, small, out)
+    reference = uninterrupted(capsys, config, out)
+    lifecycle.record_block(zarr_output.store(str(out)), (0, 0), zarr_output.BLOCKS_PREFIX)  # a leftover record
+    lock_store, prefix = zarr_output.store(str(out)), zarr_output.LOCK_PREFIX
+    released = threading.Event()
+
+    def hold_then_mark_incomplete() -> None:
+        with lifecycle.held(lock_store, prefix, 5.0):
+            holding.set()
+            time.sleep(0.5)
+            zarr_output._mark_incomplete(zarr_output._at(str(out)))  # as a replacing run would
+        released.set()
+
+    holding = threading.Event()
+    holder = threading.Thread(target=hold_then_mark_incomplete)
+    holder.start()
+    assert holding.wait(10)
+    code, _, err = invoke(capsys, "run", config, "--resume", "--quiet")
+    holder.join()
+    assert released.is_set()
+    assert code == 0, err
+    assert "already complete" not in err
     assert zarr_output.read_status(str(out))["complete"] is True
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
 
@@ -285,10 +335,19 @@ def test_a_geotiff_whose_folder_fails_to_sync_is_reported_as_written(
     monkeypatch.setattr(durable, "sync_folder", failing_after_the_rename)
     code, _, err = invoke(capsys, "run", config, "--quiet")
     assert code == 1, err
-    assert_one_line_error(err, f"output {out}: the file is written and on the disk", "Input/output error")
+    assert_one_line_error(
+        err, f"output {out}: the file is written and on the disk", "Input/output error", "run again with --resume"
+    )
     assert "incomplete" not in err
     np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(reference))
     assert not list(tmp_path.glob("*.partial"))
+
+    synced: list[Path] = []
+    monkeypatch.setattr(durable, "sync_folder", lambda folder: synced.append(Path(folder)) or sync_folder(folder))
+    code, _, err = invoke(capsys, "run", config, "--resume")
+    assert code == 0, err
+    assert "already complete" in err
+    assert synced == [out.parent]  # its name, on the disk this time
 
 
 def test_a_failed_run_lets_go_of_its_lease_only_after_its_flushes_under_way(

@@ -33,7 +33,7 @@ from s3server import S3Server
 from test_formats import geotiff
 
 import convpipe
-from convpipe.io import stores, zarr_output
+from convpipe.io import lifecycle, stores, zarr_output
 from convpipe.io.stores import open_store, parse
 
 CLI = [sys.executable, "-c", "from convpipe.cli import main; main()"]
@@ -446,6 +446,36 @@ def test_a_held_output_is_refused_in_one_line(
 
 
 # --- 8. errors ------------------------------------------------------------------------------------------------------
+
+
+def test_a_finish_that_fails_in_a_bucket_is_finished_by_resume(
+    s3_env: S3Server, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The completion mark is stored when clearing the block records fails: the run fails
+    (exit 1) without calling the output incomplete, and --resume clears the records."""
+    bucket, client = s3_env.new_bucket(), s3_env.client()
+    put_zarr(tmp_path / "in.zarr", IMAGE)
+    run_ok(capsys, write_config(tmp_path / "ref", tmp_path / "in.zarr", tmp_path / "ref.zarr"))
+    out = f"s3://{bucket}/out.zarr"
+    config = write_config(tmp_path / "run", tmp_path / "in.zarr", out)
+
+    def failing(*args: Any) -> None:
+        raise ConnectionResetError("connection reset by peer")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(lifecycle, "clear_blocks", failing)
+        code, _, err = invoke(capsys, "run", config, "--quiet")
+    assert code == 1, err
+    assert_one_line_error(
+        err, f"output {out}: every block is written and stored", "connection reset", "run again with --resume"
+    )
+    assert "incomplete" not in err and "crash" not in err
+    assert zarr_output.read_status(parse(out))["complete"] is True
+    assert [key for key in object_keys(client, bucket, "out.zarr") if "/.convpipe-blocks/" in key]
+
+    run_ok(capsys, config, "--resume")
+    assert not [key for key in object_keys(client, bucket, "out.zarr") if "/.convpipe-blocks/" in key]
+    assert_same_bits(read_zarr(out), read_zarr(tmp_path / "ref.zarr"))
 
 
 @pytest.mark.parametrize("fault", ["wrong secret", "wrong secret in config", "missing bucket", "closed port"])

@@ -310,7 +310,7 @@ def run(
     overwrite = config.output.overwrite if overwrite is None else overwrite
     out = config.output.location
     target = output_for(plan, out)
-    if checked.complete:
+    if checked.complete and _finished_again(target, out, lease_seconds, notify):
         return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
     if found != "missing" and not resume:
         # Something is replaced: compute a first block before anything of it is removed.
@@ -335,6 +335,8 @@ def run(
             if status is not None:
                 check_resumable(status, record)
                 if status.get("complete"):  # another run finished it while this one waited
+                    if target.finish_again():
+                        cast(BlockOutput, target).clear_records()
                     return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
             job = _Job(config, plan, record, scheduling.options, scheduling.slots, lease, progress)
             if target.streamed:
@@ -350,6 +352,25 @@ def run(
         graph_seconds=graph_seconds,
         took_over=_describe_holder(lease.took_over),
     )
+
+
+def _finished_again(
+    target: BlockOutput | StreamOutput,
+    out: stores.Location,
+    lease_seconds: float,
+    notify: Callable[[str], None] | None,
+) -> bool:
+    """``--resume`` of an output that reads as complete: finished again (the run that finished
+    it may have failed just after the mark, and said to resume), the block records it left
+    cleared under the lease. False when, by the time the lease is ours, another run has begun
+    to replace it: the resume then goes on as for any unfinished output."""
+    if not target.finish_again():
+        return True
+    with lifecycle.held(*_lock_store(target, writable=True), lease_seconds, **_waiting(out, True, notify)):
+        if not (target.read_status() or {}).get("complete"):
+            return False
+        cast(BlockOutput, target).clear_records()
+    return True
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,12 @@ class Output(Protocol):
         """The ``convpipe`` provenance of the output there, or None when it is not ours."""
         ...
 
+    def finish_again(self) -> bool:
+        """An output that reads as complete, what publishes it put on the disk again
+        (``--resume``: the run that finished it may have failed just after, and said so);
+        True when it still holds that run's block records (``BlockOutput.clear_records``)."""
+        ...
+
 
 class BlockOutput(Output, Protocol):
     """A format that takes blocks in any order, from any process (Zarr, OME-Zarr)."""
@@ -81,6 +87,10 @@ class BlockOutput(Output, Protocol):
 
     def finish(self) -> None:
         """Every block is written: mark the output complete."""
+        ...
+
+    def clear_records(self) -> None:
+        """Remove the block records a finished run left (under the lease)."""
         ...
 
 

@@ -12,10 +12,11 @@ writing one output, and every block checks it before it writes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -273,28 +274,48 @@ def mark_complete(location: Location | str) -> None:
     """Every block is written: say so, then drop the per-block records."""
     import zarr
 
+    location = _at(location)
     target = store(location)
     node = zarr.open(store=target, mode="r+")
     attributes = dict(node.attrs["convpipe"])
     attributes["complete"] = True
     node.attrs["convpipe"] = attributes
-    try:
-        _flush_metadata(_at(location))  # every chunk is on the disk already (_write)
+    with _finishing(location):
+        _flush_metadata(location)  # every chunk is on the disk already (_write)
         lifecycle.clear_blocks(target, BLOCKS_PREFIX)
+
+
+def finish_again(location: Location | str) -> bool:
+    """An output that reads as complete, its mark put on the disk again (``--resume``: the run
+    that marked it may have failed just after, and said so); True when it still holds that
+    run's block records, which ``clear_records`` removes under the lease."""
+    location = _at(location)
+    with _finishing(location):
+        _flush_metadata(location)
+        return lifecycle.count_blocks(store(location, writable=False), BLOCKS_PREFIX) > 0
+
+
+def clear_records(location: Location | str) -> None:
+    location = _at(location)
+    with _finishing(location):
+        lifecycle.clear_blocks(store(location), BLOCKS_PREFIX)
+
+
+@contextlib.contextmanager
+def _finishing(location: Location) -> Iterator[None]:
+    """Not "the output is incomplete": every block is stored by then, and the output reads as
+    complete, but on a disk a crash may yet take the mark back, and the records are left."""
+    try:
+        yield
     except Exception as error:
         if not stores.is_store_error(error):
             raise
-        raise RunError(_finishing_failed(_at(location), error)) from None
-
-
-def _finishing_failed(location: Location, error: BaseException) -> str:
-    """Not "the output is incomplete": every block is on the disk by then, and the output reads
-    as complete, but a crash may yet take the mark (or the rename) back."""
-    return (
-        f"output {location}: every block is written and on the disk, but finishing the output failed "
-        f"({stores.error_detail(location, error)}): after a crash it may read as incomplete, "
-        "which --resume finishes"
-    )
+        where = "on the disk" if location.is_local else "stored"
+        crash = " (after a crash it may read as incomplete, which --resume finishes too)" if location.is_local else ""
+        raise RunError(
+            f"output {location}: every block is written and {where}, but finishing the output failed "
+            f"({stores.error_detail(location, error)}): run again with --resume to finish it{crash}"
+        ) from None
 
 
 def read_status(location: Location | str) -> dict[str, Any] | None:
@@ -377,3 +398,9 @@ class ZarrOutput:
     def finish(self) -> None:
         self.settle()  # every block's chunks on the disk, and recorded
         mark_complete(self.location)
+
+    def finish_again(self) -> bool:
+        return finish_again(self.location)
+
+    def clear_records(self) -> None:
+        clear_records(self.location)
