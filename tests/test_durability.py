@@ -242,11 +242,16 @@ def test_a_chunk_the_disk_fails_to_sync_fails_the_run_and_stays_unrecorded(
 
 
 def test_a_mark_the_disk_fails_to_sync_is_not_called_an_incomplete_output(
-    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    small: Path,
+    events: list[Event],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Every block is synced before the completion mark is written: if the mark's own sync then
     fails, the run fails (exit 1) and says what holds, the data is there and reads as complete,
-    and --resume, as the message says, syncs the mark and clears the block records."""
+    and --resume, as the message says, finishes it under the lease: the mark written anew (a
+    second sync of the same pages could vouch for nothing) and synced, then the records removed."""
     out = tmp_path / "out.zarr"
     config = write_config(tmp_path, small, out)
     reference = uninterrupted(capsys, config, tmp_path / "reference.zarr")
@@ -266,56 +271,110 @@ def test_a_mark_the_disk_fails_to_sync_is_not_called_an_incomplete_output(
         f"output {out}: every block is written and on the disk",
         "Input/output error",
         "run again with --resume to finish it",
+        "after a crash it may read as incomplete",
     )
     assert "incomplete output" not in err and "the output is incomplete" not in err
     assert zarr_output.read_status(str(out))["complete"] is True
     assert zarr_output.count_written(str(out)) > 0  # the records were to go after the mark's sync
+    mark = out / "zarr.json"
+    unsynced = mark.stat().st_ino
 
-    flushed: list[Path] = []
-    flush = durable.flush
-    monkeypatch.setattr(
-        durable, "flush", lambda files, *a, **k: flushed.extend(map(Path, files)) or flush(files, *a, **k)
-    )
+    events.clear()
     code, _, err = invoke(capsys, "run", config, "--resume")
     assert code == 0, err
-    assert "already complete" in err
-    assert out / "zarr.json" in flushed  # the mark, on the disk this time
+    assert "already complete; finished what its run left" in err
+    assert mark.stat().st_ino != unsynced  # written anew
+    cleared = events.index(("cleared", None))
+    assert on_disk_before(events, cleared, mark, out)
+    synced = [what[1] for kind, what in events[:cleared] if kind == "file" and what[0] == str(mark)]
+    assert synced and json.loads(synced[-1])["attributes"]["convpipe"]["complete"] is True
+    assert cleared < events.index(("released", None))  # under the lease
     assert zarr_output.count_written(str(out)) == 0
-    assert zarr_output.read_status(str(out))["complete"] is True
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
 
+    events.clear()
+    code, _, err = invoke(capsys, "run", config, "--resume")
+    assert code == 0, err
+    assert "already complete; nothing to do" in err
+    assert events == []  # finished: no lease, no sync, nothing written
 
-def test_resume_of_a_complete_output_waits_for_the_lease_before_it_clears_records(
-    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str]
+
+def _holding_the_lease(out: Path, monkeypatch: pytest.MonkeyPatch, then: Any) -> threading.Thread:
+    """A thread that holds the output's lease, as a run replacing the output would, until the
+    resumed run has seen the records left, then calls ``then()`` and lets go."""
+    seen = threading.Event()
+    records_left = zarr_output.ZarrOutput.records_left
+
+    def seeing(self: Any) -> bool:
+        left = records_left(self)
+        seen.set()
+        return left
+
+    monkeypatch.setattr(zarr_output.ZarrOutput, "records_left", seeing)
+    holding = threading.Event()
+
+    def hold() -> None:
+        with lifecycle.held(zarr_output.store(str(out)), zarr_output.LOCK_PREFIX, 5.0):
+            holding.set()
+            assert seen.wait(30)
+            time.sleep(0.2)  # the resumed run is waiting for the lease by now
+            then()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    return holder
+
+
+def test_resume_of_a_complete_output_waits_for_the_lease_before_it_finishes_it(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Records left on a complete output are cleared only under its lease: a run that holds it
     (one that began replacing the output) is waited for, and what it wrote is then resumed,
-    not cleared as leftovers."""
+    its records kept, not cleared as leftovers."""
     out = tmp_path / "out.zarr"
     config = write_config(tmp_path, small, out)
     reference = uninterrupted(capsys, config, out)
     lifecycle.record_block(zarr_output.store(str(out)), (0, 0), zarr_output.BLOCKS_PREFIX)  # a leftover record
-    lock_store, prefix = zarr_output.store(str(out)), zarr_output.LOCK_PREFIX
-    released = threading.Event()
+    total = zarr_output.read_status(str(out))["blocks"]
 
-    def hold_then_mark_incomplete() -> None:
-        with lifecycle.held(lock_store, prefix, 5.0):
-            holding.set()
-            time.sleep(0.5)
-            zarr_output._mark_incomplete(zarr_output._at(str(out)))  # as a replacing run would
-        released.set()
+    def began_replacing() -> None:
+        zarr_output._mark_incomplete(zarr_output._at(str(out)))
 
-    holding = threading.Event()
-    holder = threading.Thread(target=hold_then_mark_incomplete)
-    holder.start()
-    assert holding.wait(10)
-    code, _, err = invoke(capsys, "run", config, "--resume", "--quiet")
+    holder = _holding_the_lease(out, monkeypatch, began_replacing)
+    code, stdout, err = invoke(capsys, "run", config, "--resume", "--json")
     holder.join()
-    assert released.is_set()
     assert code == 0, err
-    assert "already complete" not in err
+    assert "waiting" in err and "already complete" not in err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert (summary["resumed_from"], summary["blocks_written"]) == (1, total - 1)
     assert zarr_output.read_status(str(out))["complete"] is True
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
+
+
+def test_resume_of_a_complete_output_made_differently_meanwhile_refuses_and_keeps_it(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run with another config that finished the output while the resume waited for the lease:
+    the resume checks what is there again, refuses (exit 2), and changes nothing."""
+    out = tmp_path / "out.zarr"
+    config = write_config(tmp_path, small, out)
+    uninterrupted(capsys, config, out)
+    lifecycle.record_block(zarr_output.store(str(out)), (0, 0), zarr_output.BLOCKS_PREFIX)
+    other = [{"filter": "gaussian", "sigma": 9.0}]
+
+    def finished_differently() -> None:
+        node = zarr.open(str(out), mode="r+")
+        status = dict(node.attrs["convpipe"])
+        node.attrs["convpipe"] = {**status, "config": {**status["config"], "pipeline": other}}
+
+    holder = _holding_the_lease(out, monkeypatch, finished_differently)
+    code, _, err = invoke(capsys, "run", config, "--resume")
+    holder.join()
+    assert code == 2, err
+    assert "made differently" in err.strip().splitlines()[-1]
+    assert zarr_output.count_written(str(out)) == 1  # the record is where it was
+    assert zarr_output.read_status(str(out))["config"]["pipeline"] == other
 
 
 def test_a_geotiff_whose_folder_fails_to_sync_is_reported_as_written(
@@ -335,19 +394,10 @@ def test_a_geotiff_whose_folder_fails_to_sync_is_reported_as_written(
     monkeypatch.setattr(durable, "sync_folder", failing_after_the_rename)
     code, _, err = invoke(capsys, "run", config, "--quiet")
     assert code == 1, err
-    assert_one_line_error(
-        err, f"output {out}: the file is written and on the disk", "Input/output error", "run again with --resume"
-    )
+    assert_one_line_error(err, f"output {out}: the file is written and on the disk", "Input/output error")
     assert "incomplete" not in err
     np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(reference))
     assert not list(tmp_path.glob("*.partial"))
-
-    synced: list[Path] = []
-    monkeypatch.setattr(durable, "sync_folder", lambda folder: synced.append(Path(folder)) or sync_folder(folder))
-    code, _, err = invoke(capsys, "run", config, "--resume")
-    assert code == 0, err
-    assert "already complete" in err
-    assert synced == [out.parent]  # its name, on the disk this time
 
 
 def test_a_failed_run_lets_go_of_its_lease_only_after_its_flushes_under_way(

@@ -227,6 +227,7 @@ class RunResult:
     resumed_from: int = 0  # blocks already there when a resumed run started
     graph_seconds: float = 0.0  # building the task graph, part of ``seconds``
     took_over: str | None = None  # the dead run whose lease this run took over, if any
+    finished_again: bool = False  # complete already, but its run had failed after the mark
 
 
 @dataclass(frozen=True)
@@ -310,8 +311,10 @@ def run(
     overwrite = config.output.overwrite if overwrite is None else overwrite
     out = config.output.location
     target = output_for(plan, out)
-    if checked.complete and _finished_again(target, out, lease_seconds, notify):
-        return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
+    if checked.complete:
+        finished = _finished_again(target, plan, record, lease_seconds, notify)
+        if finished is not None:
+            return finished
     if found != "missing" and not resume:
         # Something is replaced: compute a first block before anything of it is removed.
         trial_block(plan, input_spec(config, plan))
@@ -335,9 +338,11 @@ def run(
             if status is not None:
                 check_resumable(status, record)
                 if status.get("complete"):  # another run finished it while this one waited
-                    if target.finish_again():
-                        cast(BlockOutput, target).clear_records()
-                    return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
+                    again = target.records_left()  # ... but failed to finish after its mark
+                    if again:
+                        lease.renew()
+                        cast(BlockOutput, target).finish_again()
+                    return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks, finished_again=again)
             job = _Job(config, plan, record, scheduling.options, scheduling.slots, lease, progress)
             if target.streamed:
                 written, kept, graph_seconds = _write_stream(cast(StreamOutput, target), job), 0, 0.0
@@ -356,21 +361,34 @@ def run(
 
 def _finished_again(
     target: BlockOutput | StreamOutput,
-    out: stores.Location,
+    plan: Plan,
+    record: dict[str, Any],
     lease_seconds: float,
     notify: Callable[[str], None] | None,
-) -> bool:
-    """``--resume`` of an output that reads as complete: finished again (the run that finished
-    it may have failed just after the mark, and said to resume), the block records it left
-    cleared under the lease. False when, by the time the lease is ours, another run has begun
-    to replace it: the resume then goes on as for any unfinished output."""
-    if not target.finish_again():
-        return True
-    with lifecycle.held(*_lock_store(target, writable=True), lease_seconds, **_waiting(out, True, notify)):
-        if not (target.read_status() or {}).get("complete"):
-            return False
-        cast(BlockOutput, target).clear_records()
-    return True
+) -> RunResult | None:
+    """``--resume`` of an output that reads as complete: nothing to do, unless the run that
+    marked it left block records (its finish failed after the mark, and it said to resume).
+    Then, under the lease, the same computation is finished again (``finish_again``). None
+    when, by the time the lease is ours, another run has begun to replace the output with the
+    same computation: the resume goes on as for any unfinished output."""
+    out = target.location
+    if not target.records_left():
+        return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
+    start = time.perf_counter()
+    with lifecycle.held(*_lock_store(target, writable=True), lease_seconds, **_waiting(out, True, notify)) as lease:
+        status = target.read_status()
+        if status is None:  # never taken for "not complete": that path may replace the output
+            raise RunError(f"output {out}: its status could not be read; nothing was changed, run again")
+        check_resumable(status, record)
+        if not status.get("complete"):
+            return None
+        lease.renew()  # still ours
+        cast(BlockOutput, target).finish_again()
+    seconds = time.perf_counter() - start
+    took_over = _describe_holder(lease.took_over)
+    return RunResult(
+        plan, out.display, 0, seconds, resumed_from=plan.num_blocks, took_over=took_over, finished_again=True
+    )
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,14 @@ def staged(location: Location, size_estimate: int) -> Iterator[Path]:
             yield partial
             durable.flush([partial], partial.parent)  # the whole file on the disk before its name
             os.replace(partial, location.path)
-            _sync_name(location)
+            try:
+                durable.sync_folder(partial.parent)  # its name, too
+            except OSError as error:  # not "incomplete": the file is whole, and published
+                raise RunError(
+                    f"output {location}: the file is written and on the disk, but syncing its folder failed "
+                    f"({stores.error_detail(location, error)}): after a crash it may be missing, or be the "
+                    "file it replaced; then run again with --overwrite"
+                ) from None
         finally:
             partial.unlink(missing_ok=True)
         return
@@ -105,18 +112,6 @@ def staged(location: Location, size_estimate: int) -> Iterator[Path]:
             raise RunError(stores.describe_error(location, error)) from None
     finally:
         partial.unlink(missing_ok=True)
-
-
-def _sync_name(location: Location) -> None:
-    """The published file's name on the disk (its folder synced)."""
-    try:
-        durable.sync_folder(Path(location.path).parent)
-    except OSError as error:  # not "incomplete": the file is whole, and published
-        raise RunError(
-            f"output {location}: the file is written and on the disk, but syncing its folder failed "
-            f"({stores.error_detail(location, error)}): run again with --resume to finish it (after a crash "
-            "it may be missing, or be the file it replaced: then run again with --overwrite)"
-        ) from None
 
 
 def rows_of(blocks: Iterator[tuple[tuple[int, ...], np.ndarray]]) -> Iterator[list[np.ndarray]]:
@@ -159,10 +154,8 @@ class GeoTiffOutput:
     def read_status(self) -> dict[str, Any] | None:
         return read_status(self.location)
 
-    def finish_again(self) -> bool:
-        if self.location.is_local:  # an object store's put is durable when it returns
-            _sync_name(self.location)
-        return False  # no records: the file is published whole
+    def records_left(self) -> bool:
+        return False  # a GeoTIFF keeps no block records: it is published whole
 
     def block_order(self, plan: Plan) -> list[tuple[int, ...]]:
         """Row by row: tifffile writes tiles in file order, so a row of blocks is cut into

@@ -53,10 +53,9 @@ class Output(Protocol):
         """The ``convpipe`` provenance of the output there, or None when it is not ours."""
         ...
 
-    def finish_again(self) -> bool:
-        """An output that reads as complete, what publishes it put on the disk again
-        (``--resume``: the run that finished it may have failed just after, and said so);
-        True when it still holds that run's block records (``BlockOutput.clear_records``)."""
+    def records_left(self) -> bool:
+        """Whether an output that reads as complete still holds block records: the run that
+        marked it failed to finish after the mark (and said to resume)."""
         ...
 
 
@@ -89,8 +88,9 @@ class BlockOutput(Output, Protocol):
         """Every block is written: mark the output complete."""
         ...
 
-    def clear_records(self) -> None:
-        """Remove the block records a finished run left (under the lease)."""
+    def finish_again(self) -> None:
+        """``finish`` once more, for an output that reads as complete but holds records
+        (``records_left``): the mark written anew and synced, then the records removed."""
         ...
 
 

@@ -280,41 +280,27 @@ def mark_complete(location: Location | str) -> None:
     attributes = dict(node.attrs["convpipe"])
     attributes["complete"] = True
     node.attrs["convpipe"] = attributes
-    with _finishing(location):
+    with _finishing(location, crash=location.is_local):
         _flush_metadata(location)  # every chunk is on the disk already (_write)
+    with _finishing(location):
         lifecycle.clear_blocks(target, BLOCKS_PREFIX)
 
 
-def finish_again(location: Location | str) -> bool:
-    """An output that reads as complete, its mark put on the disk again (``--resume``: the run
-    that marked it may have failed just after, and said so); True when it still holds that
-    run's block records, which ``clear_records`` removes under the lease."""
-    location = _at(location)
-    with _finishing(location):
-        _flush_metadata(location)
-        return lifecycle.count_blocks(store(location, writable=False), BLOCKS_PREFIX) > 0
-
-
-def clear_records(location: Location | str) -> None:
-    location = _at(location)
-    with _finishing(location):
-        lifecycle.clear_blocks(store(location), BLOCKS_PREFIX)
-
-
 @contextlib.contextmanager
-def _finishing(location: Location) -> Iterator[None]:
+def _finishing(location: Location, *, crash: bool = False) -> Iterator[None]:
     """Not "the output is incomplete": every block is stored by then, and the output reads as
-    complete, but on a disk a crash may yet take the mark back, and the records are left."""
+    complete; but the records are left, and if the mark's sync failed (``crash``), a crash
+    may yet take the mark back."""
     try:
         yield
     except Exception as error:
         if not stores.is_store_error(error):
             raise
         where = "on the disk" if location.is_local else "stored"
-        crash = " (after a crash it may read as incomplete, which --resume finishes too)" if location.is_local else ""
+        after = " (after a crash it may read as incomplete, which --resume finishes too)" if crash else ""
         raise RunError(
             f"output {location}: every block is written and {where}, but finishing the output failed "
-            f"({stores.error_detail(location, error)}): run again with --resume to finish it{crash}"
+            f"({stores.error_detail(location, error)}): run again with --resume to finish it{after}"
         ) from None
 
 
@@ -399,8 +385,16 @@ class ZarrOutput:
         self.settle()  # every block's chunks on the disk, and recorded
         mark_complete(self.location)
 
-    def finish_again(self) -> bool:
-        return finish_again(self.location)
+    def records_left(self) -> bool:
+        try:
+            return count_written(self.location) > 0
+        except Exception as error:
+            if not stores.is_store_error(error):
+                raise
+            raise RunError(stores.describe_error(self.location, error)) from None
 
-    def clear_records(self) -> None:
-        clear_records(self.location)
+    def finish_again(self) -> None:
+        # Written anew, not only synced again: after a failed sync the kernel may count the
+        # mark's pages as written, and a second sync would then vouch for nothing.
+        with _finishing(self.location):
+            mark_complete(self.location)
