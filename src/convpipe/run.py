@@ -382,6 +382,8 @@ def _finished_again(
         check_resumable(status, record)
         if not status.get("complete"):
             return None
+        if not target.records_left():  # the run waited for finished it after all
+            return RunResult(plan, out.display, 0, time.perf_counter() - start, resumed_from=plan.num_blocks)
         lease.renew()  # still ours
         cast(BlockOutput, target).finish_again()
     seconds = time.perf_counter() - start
