@@ -274,7 +274,7 @@ def describe_run(result: Any, resume: bool) -> str:
     """The summary line of ``convpipe run`` (on stderr)."""
     plan = result.plan
     if resume and result.blocks == 0 and result.resumed_from == plan.num_blocks:
-        if getattr(result, "finished_again", False):
+        if result.finished_again:
             return f"{result.output} is already complete; finished what its run left (the mark synced, records removed)"
         return f"{result.output} is already complete; nothing to do"
     resumed = f" (resumed: {result.resumed_from} were already there)" if result.resumed_from else ""

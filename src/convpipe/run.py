@@ -338,10 +338,7 @@ def run(
             if status is not None:
                 check_resumable(status, record)
                 if status.get("complete"):  # another run finished it while this one waited
-                    again = target.records_left()  # ... but failed to finish after its mark
-                    if again:
-                        lease.renew()
-                        cast(BlockOutput, target).finish_again()
+                    again = _finish_what_is_left(target, lease)  # ... but failed to finish after its mark
                     return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks, finished_again=again)
             job = _Job(config, plan, record, scheduling.options, scheduling.slots, lease, progress)
             if target.streamed:
@@ -382,15 +379,22 @@ def _finished_again(
         check_resumable(status, record)
         if not status.get("complete"):
             return None
-        if not target.records_left():  # the run waited for finished it after all
-            return RunResult(plan, out.display, 0, time.perf_counter() - start, resumed_from=plan.num_blocks)
-        lease.renew()  # still ours
-        cast(BlockOutput, target).finish_again()
+        again = _finish_what_is_left(target, lease)  # not if the run waited for finished after all
     seconds = time.perf_counter() - start
     took_over = _describe_holder(lease.took_over)
     return RunResult(
-        plan, out.display, 0, seconds, resumed_from=plan.num_blocks, took_over=took_over, finished_again=True
+        plan, out.display, 0, seconds, resumed_from=plan.num_blocks, took_over=took_over, finished_again=again
     )
+
+
+def _finish_what_is_left(target: Output, lease: lifecycle.Lease) -> bool:
+    """Under the lease, a complete output whose run left block records (it failed to finish
+    after its mark) finished again; whether there was anything to finish."""
+    if not target.records_left():
+        return False
+    lease.renew()  # still ours
+    cast(BlockOutput, target).finish_again()
+    return True
 
 
 @dataclass(frozen=True)
