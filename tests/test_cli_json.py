@@ -112,6 +112,7 @@ def test_run_json_prints_a_final_summary_line(config: Path, capsys: pytest.Captu
         "blocks_written": 9,
         "resumed_from": 0,
         "took_over": None,
+        "finished_again": False,
     }
     assert summary["seconds"] >= 0
     assert err.strip().splitlines()[-1].startswith("wrote ")  # the text summary stays on stderr
@@ -128,7 +129,7 @@ def test_info_json_parses(config: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert code == 0, err
     info = json.loads(out)
     assert info["shape"] == [19, 24] and info["chunks"] == [8, 8] and info["dtype"] == "float32"
-    assert info["status"] == {"complete": True, "blocks": 9, "written": 9, "note": None}
+    assert info["status"] == {"complete": True, "blocks": 9, "written": 9, "note": None, "finish_pending": False}
     assert info["input"] == {"path": str(tmp_path / "in.zarr"), "shape": [40, 50], "dtype": "uint16"}
     assert [s["filter"] for s in info["steps"]] == ["gaussian", "box", "sobel"]
     assert info["steps"][0]["parameters"]["sigma"] == 2.0 and info["steps"][2]["output_shape"] == [19, 24]

@@ -276,13 +276,17 @@ def test_a_mark_the_disk_fails_to_sync_is_not_called_an_incomplete_output(
     assert "incomplete output" not in err and "the output is incomplete" not in err
     assert zarr_output.read_status(str(out))["complete"] is True
     assert zarr_output.count_written(str(out)) > 0  # the records were to go after the mark's sync
+    code, shown, _ = invoke(capsys, "info", str(out))
+    assert code == 0 and "complete (9 blocks), but its run failed after marking it" in shown
+    assert "finish it with convpipe run --resume" in shown
     mark = out / "zarr.json"
     unsynced = mark.stat().st_ino
 
     events.clear()
-    code, _, err = invoke(capsys, "run", config, "--resume")
+    code, said, err = invoke(capsys, "run", config, "--resume", "--json")
     assert code == 0, err
     assert "already complete; finished what its run left" in err
+    assert json.loads(said)["finished_again"] is True
     assert mark.stat().st_ino != unsynced  # written anew
     cleared = events.index(("cleared", None))
     assert on_disk_before(events, cleared, mark, out)
@@ -291,11 +295,14 @@ def test_a_mark_the_disk_fails_to_sync_is_not_called_an_incomplete_output(
     assert cleared < events.index(("released", None))  # under the lease
     assert zarr_output.count_written(str(out)) == 0
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
+    code, shown, _ = invoke(capsys, "info", str(out), "--json")
+    assert code == 0 and json.loads(shown)["status"]["finish_pending"] is False
 
     events.clear()
-    code, _, err = invoke(capsys, "run", config, "--resume")
+    code, said, err = invoke(capsys, "run", config, "--resume", "--json")
     assert code == 0, err
     assert "already complete; nothing to do" in err
+    assert json.loads(said)["finished_again"] is False
     assert events == []  # finished: no lease, no sync, nothing written
 
 

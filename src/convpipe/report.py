@@ -302,6 +302,7 @@ def run_data(result: Any) -> dict[str, Any]:
         "seconds": round(result.seconds, 3),
         "graph_seconds": round(result.graph_seconds, 3),
         "took_over": result.took_over,
+        "finished_again": result.finished_again,
     }
 
 
@@ -418,6 +419,11 @@ def _status(status: dict[str, Any]) -> str:
     total = status.get("blocks", 0)
     if status.get("note"):
         return f"partial: {status['note']}"
+    if status.get("complete") and status.get("finish_pending"):
+        return (
+            f"complete ({plural(total, 'block')}), but its run failed after marking it; "
+            "finish it with convpipe run --resume"
+        )
     if status.get("complete"):
         return f"complete ({plural(total, 'block')})"
     written = "?" if status.get("written") is None else status["written"]

@@ -62,19 +62,25 @@ def _about(attributes: dict[str, Any], path: str) -> dict[str, Any]:
             info["nodata"] = geo["nodata"]
     status = attributes.get("convpipe")
     if isinstance(status, dict):
-        info.update(_status(status, path))
+        info.update(_status(status, path, zarr=True))
     return info
 
 
-def _status(status: dict[str, Any], path: str) -> dict[str, Any]:
-    """A convpipe output's completeness and provenance: what it was made from, step by step."""
+def _status(status: dict[str, Any], path: str, zarr: bool) -> dict[str, Any]:
+    """A convpipe output's completeness and provenance: what it was made from, step by step.
+
+    A complete Zarr output that still holds block records is one whose run failed after
+    marking it (a failed sync, say): its data is whole, and ``--resume`` finishes the rest."""
     total = int(status.get("blocks", 0))
     written: int | None = total
-    if not status.get("complete"):
+    records: int | None = 0
+    if zarr:
         try:
-            written = zarr_output.count_written(stores.parse(path))
+            records = zarr_output.count_written(stores.parse(path))
         except Exception:  # a store that cannot list (http)
-            written = None
+            records = None
+    if not status.get("complete"):
+        written = records
     source = status.get("input", {})
     config = status.get("config") if isinstance(status.get("config"), dict) else {}
     pipeline = config.get("pipeline", []) if isinstance(config, dict) else []
@@ -84,7 +90,13 @@ def _status(status: dict[str, Any], path: str) -> dict[str, Any]:
         parameters = {k: v for k, v in recorded.items() if k != "filter"}
         steps.append({"filter": step.get("filter"), "parameters": parameters, "output_shape": step.get("output_shape")})
     return {
-        "status": {"complete": bool(status.get("complete")), "blocks": total, "written": written, "note": None},
+        "status": {
+            "complete": bool(status.get("complete")),
+            "blocks": total,
+            "written": written,
+            "note": None,
+            "finish_pending": bool(status.get("complete")) and bool(records),
+        },
         "made_by": {"convpipe": status.get("version"), "config_file": status.get("config_file")},
         "input": {"path": source.get("path"), "shape": source.get("shape"), "dtype": source.get("dtype")},
         "steps": steps,
@@ -184,7 +196,7 @@ def _tiff(location: stores.Location) -> dict[str, Any]:
                     info["nodata"] = geo.nodata
             made = gdal_metadata(page).get("convpipe")
             if made:
-                info.update(_status(json.loads(made), path))
+                info.update(_status(json.loads(made), path, zarr=False))
                 if path.endswith(PARTIAL_SUFFIX):
                     note = "an unfinished GeoTIFF write (the next run removes it)"
                     info["status"] = {**info["status"], "complete": False, "written": None, "note": note}
