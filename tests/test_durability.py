@@ -13,6 +13,7 @@ import errno
 import itertools
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -391,6 +392,45 @@ def test_resume_of_a_complete_output_made_differently_meanwhile_refuses_and_keep
     assert "made differently" in err.strip().splitlines()[-1]
     assert zarr_output.count_written(str(out)) == 1  # the record is where it was
     assert zarr_output.read_status(str(out))["config"]["pipeline"] == other
+
+
+def test_a_resume_that_goes_on_after_taking_over_a_dead_run_says_it_took_over(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records left on a complete output, and a run that begins replacing it and dies while the
+    resume looks at it: the resume takes over the dead run's lease, resumes what that run
+    wrote, and reports the takeover, though it took the lease again to write."""
+    out = tmp_path / "out.zarr"
+    config = write_config(tmp_path, small, out)
+    reference = uninterrupted(capsys, config, out)
+    store = zarr_output.store(str(out))
+    lifecycle.record_block(store, (0, 0), zarr_output.BLOCKS_PREFIX)  # a leftover record
+    total = zarr_output.read_status(str(out))["blocks"]
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    records_left = zarr_output.ZarrOutput.records_left
+    began: list[bool] = []
+
+    def then_a_run_begins_and_dies(self: Any) -> bool:
+        left = records_left(self)
+        if not began:
+            began.append(True)
+            lease = lifecycle.acquire(store, zarr_output.LOCK_PREFIX, 600)
+            zarr_output._mark_incomplete(zarr_output._at(str(out)))
+            key = lifecycle._key(zarr_output.LOCK_PREFIX, lease.generation)
+            record = lifecycle._read(store, key) or {}
+            lifecycle._put(store, key, lifecycle._encode({**record, "pid": gone.pid, "pid_start": None}))
+        return left
+
+    monkeypatch.setattr(zarr_output.ZarrOutput, "records_left", then_a_run_begins_and_dies)
+    code, stdout, err = invoke(capsys, "run", config, "--resume", "--json")
+    assert code == 0, err
+    assert f"from a run that stopped (pid {gone.pid}" in err and "already complete" not in err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["took_over"].startswith(f"pid {gone.pid} on ")
+    assert (summary["resumed_from"], summary["blocks_written"]) == (1, total - 1)
+    assert zarr_output.read_status(str(out))["complete"] is True
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
 
 
 def test_a_geotiff_whose_folder_fails_to_sync_is_reported_as_written(

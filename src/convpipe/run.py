@@ -311,8 +311,9 @@ def run(
     overwrite = config.output.overwrite if overwrite is None else overwrite
     out = config.output.location
     target = output_for(plan, out)
+    took_over_before = None  # a dead run's lease taken over by a resume that then went on
     if checked.complete:
-        finished = _finished_again(target, plan, record, lease_seconds, notify)
+        finished, took_over_before = _finished_again(target, plan, record, lease_seconds, notify)
         if finished is not None:
             return finished
     if found != "missing" and not resume:
@@ -339,7 +340,16 @@ def run(
                 check_resumable(status, record)
                 if status.get("complete"):  # another run finished it while this one waited
                     again = _finish_what_is_left(target, lease)  # ... but failed to finish after its mark
-                    return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks, finished_again=again)
+                    took_over = _describe_holder(lease.took_over) or took_over_before
+                    return RunResult(
+                        plan,
+                        out.display,
+                        0,
+                        0.0,
+                        resumed_from=plan.num_blocks,
+                        took_over=took_over,
+                        finished_again=again,
+                    )
             job = _Job(config, plan, record, scheduling.options, scheduling.slots, lease, progress)
             if target.streamed:
                 written, kept, graph_seconds = _write_stream(cast(StreamOutput, target), job), 0, 0.0
@@ -352,7 +362,7 @@ def run(
         time.perf_counter() - start,
         resumed_from=kept,
         graph_seconds=graph_seconds,
-        took_over=_describe_holder(lease.took_over),
+        took_over=_describe_holder(lease.took_over) or took_over_before,
     )
 
 
@@ -362,15 +372,16 @@ def _finished_again(
     record: dict[str, Any],
     lease_seconds: float,
     notify: Callable[[str], None] | None,
-) -> RunResult | None:
+) -> tuple[RunResult | None, str | None]:
     """``--resume`` of an output that reads as complete: nothing to do, unless the run that
     marked it left block records (its finish failed after the mark, and it said to resume).
-    Then, under the lease, the same computation is finished again (``finish_again``). None
-    when, by the time the lease is ours, another run has begun to replace the output with the
-    same computation: the resume goes on as for any unfinished output."""
+    Then, under the lease, the same computation is finished again (``finish_again``). No
+    result when, by the time the lease is ours, another run has begun to replace the output
+    with the same computation: the resume goes on as for any unfinished output, and is told
+    of the dead run whose lease it took over on the way (the holder it waited out)."""
     out = target.location
     if not target.records_left():
-        return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks)
+        return RunResult(plan, out.display, 0, 0.0, resumed_from=plan.num_blocks), None
     start = time.perf_counter()
     with lifecycle.held(*_lock_store(target, writable=True), lease_seconds, **_waiting(out, True, notify)) as lease:
         status = target.read_status()
@@ -378,13 +389,14 @@ def _finished_again(
             raise RunError(f"output {out}: its status could not be read; nothing was changed, run again")
         check_resumable(status, record)
         if not status.get("complete"):
-            return None
+            return None, _describe_holder(lease.took_over)
         again = _finish_what_is_left(target, lease)  # not if the run waited for finished after all
     seconds = time.perf_counter() - start
     took_over = _describe_holder(lease.took_over)
-    return RunResult(
+    result = RunResult(
         plan, out.display, 0, seconds, resumed_from=plan.num_blocks, took_over=took_over, finished_again=again
     )
+    return result, None
 
 
 def _finish_what_is_left(target: Output, lease: lifecycle.Lease) -> bool:
