@@ -71,6 +71,7 @@ import argparse
 import contextlib
 import importlib.metadata
 import importlib.util
+import itertools
 import json
 import math
 import os
@@ -989,6 +990,18 @@ def scale(
         slope, fixed = statistics.linear_regression(pixels, seconds)
         worst = max(abs(s / (fixed + slope * p) - 1) for p, s in zip(pixels, seconds, strict=True))
         print(f"run time ≈ {fixed:.3f} s + {1e9 * slope:.2f} ns per pixel (each size within {100 * worst:.1f} %)")
+        # What each pixel added from one size to the next costs: the once-per-run cost cancels.
+        steps = sorted(zip(pixels, seconds, [side for _, side, *_ in inputs], strict=True))
+        added = [
+            (f"{a}²→{b}²", 1e9 * (t_b - t_a) / (p_b - p_a))
+            for (p_a, t_a, a), (p_b, t_b, b) in itertools.pairwise(steps)
+            if p_b > p_a
+        ]
+        if added:
+            middle = statistics.median(v for _, v in added)
+            spread = max(abs(v / middle - 1) for _, v in added)
+            shown = ", ".join(f"{name} {v:.2f} ns" for name, v in added)
+            print(f"time per added pixel, size to size: {shown}; ±{100 * spread:.1f} % of their median")
     return 0
 
 
