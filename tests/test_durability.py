@@ -13,6 +13,7 @@ import errno
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -431,6 +432,78 @@ def test_a_resume_that_goes_on_after_taking_over_a_dead_run_says_it_took_over(
     assert (summary["resumed_from"], summary["blocks_written"]) == (1, total - 1)
     assert zarr_output.read_status(str(out))["complete"] is True
     np.testing.assert_array_equal(zarr.open_array(str(out))[:], zarr.open_array(str(reference))[:])
+
+
+def test_a_resume_killed_between_its_mark_and_clearing_the_records_is_finished_by_the_next(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """kill -9 after the resume wrote the mark anew, before it removed the records: the output
+    still reads as complete with records left, and the next --resume takes over the dead run's
+    lease at once and finishes it; the data is the uninterrupted run's throughout."""
+    out = tmp_path / "out.zarr"
+    config = write_config(tmp_path, small, out)
+    reference = zarr.open_array(str(uninterrupted(capsys, config, tmp_path / "reference.zarr")))[:]
+    uninterrupted(capsys, config, out)
+    store = zarr_output.store(str(out))
+    lifecycle.record_block(store, (0, 0), zarr_output.BLOCKS_PREFIX)  # its finish failed after the mark
+    killed_when_clearing = (
+        "import os, signal\n"
+        "from convpipe.io import lifecycle\n"
+        "lifecycle.clear_blocks = lambda *args: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from convpipe.cli import main\n"
+        "main()\n"
+    )
+    resumed = subprocess.run(
+        [sys.executable, "-c", killed_when_clearing, "run", str(config), "--resume"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == -signal.SIGKILL, resumed.stderr
+    assert zarr_output.read_status(str(out))["complete"] is True
+    assert zarr_output.count_written(str(out)) == 1
+    generation, _ = lifecycle.lease_state(store)
+    dead = lifecycle._read(store, lifecycle._key(zarr_output.LOCK_PREFIX, generation))
+    assert dead is not None and dead["released"] is False and dead["pid"] != os.getpid()  # never let go
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], reference)
+
+    code, _, err = invoke(capsys, "run", config, "--resume")
+    assert code == 0, err
+    assert "took over" in err and "its process is gone" in err
+    assert "already complete; finished what its run left" in err
+    assert zarr_output.count_written(str(out)) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(out))[:], reference)
+
+
+def test_a_resume_that_cannot_read_the_status_under_the_lease_changes_nothing(
+    tmp_path: Path, small: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Records left on a complete output, whose status cannot be read once the lease is taken
+    (a store that fails for a moment): the resume stops with one message, exit 1, and neither
+    clears the records nor replaces the output, which an unreadable status must never lead to."""
+    out = tmp_path / "out.zarr"
+    config = write_config(tmp_path, small, out)
+    uninterrupted(capsys, config, out)
+    lifecycle.record_block(zarr_output.store(str(out)), (0, 0), zarr_output.BLOCKS_PREFIX)
+
+    def files() -> dict[Path, bytes]:  # all but the lease's
+        found = sorted(out.rglob("*"))
+        return {p: p.read_bytes() for p in found if p.is_file() and zarr_output.LOCK_PREFIX not in p.parts}
+
+    before = files()
+    read_status = zarr_output.ZarrOutput.read_status
+    reads: list[int] = []
+
+    def unreadable_the_second_time(self: Any) -> Any:
+        reads.append(1)
+        return None if len(reads) > 1 else read_status(self)
+
+    monkeypatch.setattr(zarr_output.ZarrOutput, "read_status", unreadable_the_second_time)
+    code, _, err = invoke(capsys, "run", config, "--resume")
+    assert code == 1, err
+    assert_one_line_error(err, f"output {out}: its status could not be read; nothing was changed, run again")
+    assert files() == before
+    assert not lifecycle.lease_state(zarr_output.store(str(out)))[1]  # let go
 
 
 def test_a_geotiff_whose_folder_fails_to_sync_is_reported_as_written(
