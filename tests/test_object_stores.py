@@ -31,6 +31,7 @@ import zarr
 from cli_tools import assert_one_line_error, invoke
 from s3server import S3Server
 from test_formats import geotiff
+from zarr.core.attributes import Attributes
 
 import convpipe
 from convpipe.io import lifecycle, stores, zarr_output
@@ -475,6 +476,48 @@ def test_a_finish_that_fails_in_a_bucket_is_finished_by_resume(
 
     run_ok(capsys, config, "--resume")
     assert not [key for key in object_keys(client, bucket, "out.zarr") if "/.convpipe-blocks/" in key]
+    assert_same_bits(read_zarr(out), read_zarr(tmp_path / "ref.zarr"))
+
+
+@pytest.mark.parametrize("applied", [True, False], ids=["applied", "lost"])
+def test_a_mark_whose_put_times_out_is_told_by_what_the_bucket_holds(
+    s3_env: S3Server,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    applied: bool,
+) -> None:
+    """The completion mark's put times out. Applied by the bucket all the same, the output reads
+    as complete and the message says so; lost, the output is incomplete and the message says
+    that. --resume finishes either, to the same bits."""
+    bucket = s3_env.new_bucket()
+    put_zarr(tmp_path / "in.zarr", IMAGE)
+    run_ok(capsys, write_config(tmp_path / "ref", tmp_path / "in.zarr", tmp_path / "ref.zarr"))
+    out = f"s3://{bucket}/out.zarr"
+    config = write_config(tmp_path / "run", tmp_path / "in.zarr", out)
+    setitem = Attributes.__setitem__
+
+    def timing_out(self: Any, key: str, value: Any) -> None:
+        marking = key == "convpipe" and isinstance(value, dict) and value.get("complete")
+        if applied or not marking:
+            setitem(self, key, value)
+        if marking:
+            raise TimeoutError("operation timed out")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Attributes, "__setitem__", timing_out)
+        code, _, err = invoke(capsys, "run", config, "--quiet")
+    assert code == 1, err
+    if applied:
+        assert_one_line_error(err, f"output {out}: every block is written and stored", "timed out", "--resume")
+        assert "incomplete" not in err
+    else:
+        assert_one_line_error(err, f"output {out}: writing failed", "timed out", "the output is incomplete")
+    assert zarr_output.read_status(parse(out))["complete"] is applied
+
+    run_ok(capsys, config, "--resume")
+    assert zarr_output.read_status(parse(out))["complete"] is True
+    assert zarr_output.count_written(parse(out)) == 0
     assert_same_bits(read_zarr(out), read_zarr(tmp_path / "ref.zarr"))
 
 

@@ -279,7 +279,15 @@ def mark_complete(location: Location | str) -> None:
     node = zarr.open(store=target, mode="r+")
     attributes = dict(node.attrs["convpipe"])
     attributes["complete"] = True
-    node.attrs["convpipe"] = attributes
+    try:
+        node.attrs["convpipe"] = attributes
+    except Exception as error:
+        # A put can fail after the store applied it (a timeout on the reply): the output
+        # then reads as complete, and is to be finished as one, not called incomplete.
+        if not stores.is_store_error(error) or not (read_status(location) or {}).get("complete"):
+            raise
+        with _finishing(location, crash=location.is_local):
+            raise
     with _finishing(location, crash=location.is_local):
         _flush_metadata(location)  # every chunk is on the disk already (_write)
     with _finishing(location):
