@@ -997,7 +997,7 @@ def scale(
             for (p_a, t_a, a), (p_b, t_b, b) in itertools.pairwise(steps)
             if p_b > p_a
         ]
-        if added:
+        if added and statistics.median(v for _, v in added) > 0:  # noise can make a step negative
             middle = statistics.median(v for _, v in added)
             spread = max(abs(v / middle - 1) for _, v in added)
             shown = ", ".join(f"{name} {v:.2f} ns" for name, v in added)

@@ -281,6 +281,9 @@ def test_a_mark_the_disk_fails_to_sync_is_not_called_an_incomplete_output(
     code, shown, _ = invoke(capsys, "info", str(out))
     assert code == 0 and "complete (9 blocks), but its run failed after marking it" in shown
     assert "finish it with convpipe run --resume" in shown
+    with lifecycle.held(zarr_output.store(str(out)), zarr_output.LOCK_PREFIX, 30.0):  # as a run finishing it
+        code, shown, _ = invoke(capsys, "info", str(out))
+    assert code == 0 and "complete (9 blocks); a run that holds its lease is finishing it" in shown
     mark = out / "zarr.json"
     unsynced = mark.stat().st_ino
 
@@ -352,7 +355,8 @@ def test_resume_of_a_complete_output_waits_for_the_lease_before_it_finishes_it(
     resumed, its records kept, not cleared as leftovers."""
     out = tmp_path / "out.zarr"
     config = write_config(tmp_path, small, out)
-    reference = uninterrupted(capsys, config, out)
+    reference = uninterrupted(capsys, config, tmp_path / "reference.zarr")
+    uninterrupted(capsys, config, out)
     lifecycle.record_block(zarr_output.store(str(out)), (0, 0), zarr_output.BLOCKS_PREFIX)  # a leftover record
     total = zarr_output.read_status(str(out))["blocks"]
 
@@ -403,7 +407,8 @@ def test_a_resume_that_goes_on_after_taking_over_a_dead_run_says_it_took_over(
     wrote, and reports the takeover, though it took the lease again to write."""
     out = tmp_path / "out.zarr"
     config = write_config(tmp_path, small, out)
-    reference = uninterrupted(capsys, config, out)
+    reference = uninterrupted(capsys, config, tmp_path / "reference.zarr")
+    uninterrupted(capsys, config, out)
     store = zarr_output.store(str(out))
     lifecycle.record_block(store, (0, 0), zarr_output.BLOCKS_PREFIX)  # a leftover record
     total = zarr_output.read_status(str(out))["blocks"]
@@ -446,6 +451,8 @@ def test_a_resume_killed_between_its_mark_and_clearing_the_records_is_finished_b
     uninterrupted(capsys, config, out)
     store = zarr_output.store(str(out))
     lifecycle.record_block(store, (0, 0), zarr_output.BLOCKS_PREFIX)  # its finish failed after the mark
+    mark = out / "zarr.json"
+    before = mark.stat().st_ino
     killed_when_clearing = (
         "import os, signal\n"
         "from convpipe.io import lifecycle\n"
@@ -460,6 +467,7 @@ def test_a_resume_killed_between_its_mark_and_clearing_the_records_is_finished_b
         timeout=120,
     )
     assert resumed.returncode == -signal.SIGKILL, resumed.stderr
+    assert mark.stat().st_ino != before  # killed after writing the mark anew
     assert zarr_output.read_status(str(out))["complete"] is True
     assert zarr_output.count_written(str(out)) == 1
     generation, _ = lifecycle.lease_state(store)

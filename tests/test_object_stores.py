@@ -675,6 +675,10 @@ def test_http_ome_zarr_input_and_a_refused_http_output(
     run_ok(capsys, write_config(tmp_path / "run", f"{base}/img.ome.zarr", tmp_path / "out.zarr"))
     # An OME-Zarr input makes an OME-Zarr output: compare its level 0.
     assert_same_bits(read_zarr(tmp_path / "out.zarr", "0"), read_zarr(tmp_path / "ref.zarr", "0"))
+    code, shown, err = invoke(capsys, "info", f"{base}/img.ome.zarr", "--json")
+    assert code == 0, err
+    status = json.loads(shown)["status"]
+    assert status["complete"] is True and status["finish_pending"] is None  # http lists no records
 
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     config = write_config(tmp_path / "web", tmp_path / "in.zarr", f"{base}/out.zarr")

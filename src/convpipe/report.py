@@ -417,13 +417,15 @@ def _value(value: Any) -> str:
 
 def _status(status: dict[str, Any]) -> str:
     total = status.get("blocks", 0)
-    if status.get("note"):
-        return f"partial: {status['note']}"
     if status.get("complete") and status.get("finish_pending"):
+        if status.get("note"):  # a live run is finishing it
+            return f"complete ({plural(total, 'block')}); {status['note']}"
         return (
             f"complete ({plural(total, 'block')}), but its run failed after marking it; "
             "finish it with convpipe run --resume"
         )
+    if status.get("note"):
+        return f"partial: {status['note']}"
     if status.get("complete"):
         return f"complete ({plural(total, 'block')})"
     written = "?" if status.get("written") is None else status["written"]

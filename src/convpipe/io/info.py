@@ -13,7 +13,7 @@ from typing import Any
 
 from convpipe.coords import Frame, is_identity
 from convpipe.errors import RunError
-from convpipe.io import stores, zarr_output
+from convpipe.io import lifecycle, stores, zarr_output
 from convpipe.io.geotiff import PARTIAL_SUFFIX, gdal_metadata, read_geo
 from convpipe.io.inputs import TIFF_SUFFIXES, axis_letters, is_tiff, multiscales
 from convpipe.io.metadata import ngff_frame, tiff_frame
@@ -62,25 +62,32 @@ def _about(attributes: dict[str, Any], path: str) -> dict[str, Any]:
             info["nodata"] = geo["nodata"]
     status = attributes.get("convpipe")
     if isinstance(status, dict):
-        info.update(_status(status, path, zarr=True))
+        info.update(_status(status, path, lists_records=True))
     return info
 
 
-def _status(status: dict[str, Any], path: str, zarr: bool) -> dict[str, Any]:
+def _status(status: dict[str, Any], path: str, *, lists_records: bool) -> dict[str, Any]:
     """A convpipe output's completeness and provenance: what it was made from, step by step.
 
-    A complete Zarr output that still holds block records is one whose run failed after
-    marking it (a failed sync, say): its data is whole, and ``--resume`` finishes the rest."""
+    ``lists_records``: a Zarr output, whose block records tell what is written. A complete one
+    that still holds records is being finished by the run that holds its lease, or its run
+    failed after marking it (a failed sync, say): its data is whole, and ``--resume``
+    finishes the rest."""
     total = int(status.get("blocks", 0))
-    written: int | None = total
+    complete = bool(status.get("complete"))
+    location = stores.parse(path)
     records: int | None = 0
-    if zarr:
+    note = None
+    if lists_records:
+        records = _records(location)
+    if complete and records:
         try:
-            records = zarr_output.count_written(stores.parse(path))
-        except Exception:  # a store that cannot list (http)
-            records = None
-    if not status.get("complete"):
-        written = records
+            _, holder = lifecycle.lease_state(zarr_output.store(location, writable=False))
+        except Exception:  # unreadable lease: say what the records say
+            holder = None
+        if holder is not None:
+            note = "a run that holds its lease is finishing it"
+    finish_pending = None if records is None else complete and records > 0
     source = status.get("input", {})
     config = status.get("config") if isinstance(status.get("config"), dict) else {}
     pipeline = config.get("pipeline", []) if isinstance(config, dict) else []
@@ -91,16 +98,27 @@ def _status(status: dict[str, Any], path: str, zarr: bool) -> dict[str, Any]:
         steps.append({"filter": step.get("filter"), "parameters": parameters, "output_shape": step.get("output_shape")})
     return {
         "status": {
-            "complete": bool(status.get("complete")),
+            "complete": complete,
             "blocks": total,
-            "written": written,
-            "note": None,
-            "finish_pending": bool(status.get("complete")) and bool(records),
+            "written": total if complete else records,
+            "note": note,
+            "finish_pending": finish_pending,
         },
         "made_by": {"convpipe": status.get("version"), "config_file": status.get("config_file")},
         "input": {"path": source.get("path"), "shape": source.get("shape"), "dtype": source.get("dtype")},
         "steps": steps,
     }
+
+
+def _records(location: stores.Location) -> int | None:
+    """How many block records an output holds; None where they cannot be listed (http has no
+    listing, and a bucket may refuse one)."""
+    if not location.writable:
+        return None
+    try:
+        return zarr_output.count_written(location)
+    except Exception:
+        return None
 
 
 def _frame(axes: str, frame: Frame) -> list[dict[str, Any]]:
@@ -196,7 +214,7 @@ def _tiff(location: stores.Location) -> dict[str, Any]:
                     info["nodata"] = geo.nodata
             made = gdal_metadata(page).get("convpipe")
             if made:
-                info.update(_status(json.loads(made), path, zarr=False))
+                info.update(_status(json.loads(made), path, lists_records=False))
                 if path.endswith(PARTIAL_SUFFIX):
                     note = "an unfinished GeoTIFF write (the next run removes it)"
                     info["status"] = {**info["status"], "complete": False, "written": None, "note": note}
