@@ -650,10 +650,15 @@ def record_block(store: Store, index: tuple[int, ...], prefix: str = BLOCKS_PREF
     _put(store, f"{prefix}/{_block_name(tuple(index))}", b"")
 
 
+def is_block_record(name: str) -> bool:
+    """Whether a name in the records folder is a block's record (not a temporary ``.partial``)."""
+    return _BLOCK.fullmatch(name) is not None
+
+
 def written_blocks(store: Store, prefix: str = BLOCKS_PREFIX) -> set[tuple[int, ...]]:
     """The recorded blocks, from one listing (temporary ``.partial`` files are ignored)."""
     names = sync(_list_dir(store, prefix))
-    return {tuple(int(i) for i in name.split(".")) for name in names if _BLOCK.fullmatch(name)}
+    return {tuple(int(i) for i in name.split(".")) for name in names if is_block_record(name)}
 
 
 def count_blocks(store: Store, prefix: str = BLOCKS_PREFIX) -> int:
