@@ -997,8 +997,8 @@ def scale(
             for (p_a, t_a, a), (p_b, t_b, b) in itertools.pairwise(steps)
             if p_b > p_a
         ]
-        if added and statistics.median(v for _, v in added) > 0:  # noise can make a step negative
-            middle = statistics.median(v for _, v in added)
+        middle = statistics.median(v for _, v in added) if added else 0.0
+        if middle > 0:  # noise can make a step negative
             spread = max(abs(v / middle - 1) for _, v in added)
             shown = ", ".join(f"{name} {v:.2f} ns" for name, v in added)
             print(f"time per added pixel, size to size: {shown}; ±{100 * spread:.1f} % of their median")

@@ -75,12 +75,10 @@ def _status(status: dict[str, Any], path: str, *, lists_records: bool) -> dict[s
     finishes the rest."""
     total = int(status.get("blocks", 0))
     complete = bool(status.get("complete"))
-    location = stores.parse(path)
-    records: int | None = 0
+    location = stores.parse(path) if lists_records else None
+    records = _records(location) if location is not None else 0
     note = None
-    if lists_records:
-        records = _records(location)
-    if complete and records:
+    if complete and records and location is not None:
         try:
             _, holder = lifecycle.lease_state(zarr_output.store(location, writable=False))
         except Exception:  # unreadable lease: say what the records say
